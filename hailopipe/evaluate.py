@@ -1,0 +1,65 @@
+"""The evaluate step: accuracy of the float, quantized and compiled models on the validation set.
+
+(a) float: the exported TFLite model run by LiteRT (no TensorFlow import);
+(b) quantized: the quantized HAR emulated by the backend (SDK_QUANTIZED);
+(c) compiled: the compiled file run through the runtime with float32 streams.
+Also: the confusion matrix of (c), how many predictions (b) and (c) disagree on (0 for a faithful
+compile), the float HAR against the TFLite logits (a check of the parser), and artefact sizes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from hailopipe import har, network
+
+log = logging.getLogger(__name__)
+
+
+def tflite_logits(path, x: np.ndarray) -> np.ndarray:
+    """Run the float TFLite model on NHWC float32 `x` with LiteRT."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1)
+    inp = interp.get_input_details()[0]
+    interp.resize_tensor_input(inp["index"], list(x.shape))
+    interp.allocate_tensors()
+    interp.set_tensor(inp["index"], np.ascontiguousarray(x, np.float32))
+    interp.invoke()
+    return interp.get_tensor(interp.get_output_details()[0]["index"]).copy()
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(axis=1) == labels).mean())
+
+
+def confusion(pred: np.ndarray, labels: np.ndarray, classes: int = 10) -> np.ndarray:
+    m = np.zeros((classes, classes), np.int64)
+    np.add.at(m, (labels.astype(np.int64), pred.astype(np.int64)), 1)
+    return m
+
+
+def evaluate(backend, tflite_path, har_path, qhar_path, hef_path, x: np.ndarray, y: np.ndarray) -> tuple[dict, np.ndarray]:
+    """Metrics dict and the compiled model's predictions."""
+    fl = tflite_logits(tflite_path, x)
+    har_fl = network.forward(har.load(har_path, expect_state="hailo_model").net, x)
+    q = backend.infer_quantized(qhar_path, x)
+    c = backend.infer_compiled(hef_path, x)
+    pred = c.argmax(axis=1)
+    metrics = {
+        "float": {"accuracy": accuracy(fl, y)},
+        "quantized": {"accuracy": accuracy(q, y)},
+        "compiled": {"accuracy": accuracy(c, y),
+                     "disagree_with_quantized": int((pred != q.argmax(axis=1)).sum()),
+                     "agree_with_float": float((pred == fl.argmax(axis=1)).mean())},
+        "parse": {"max_abs_logit_diff": float(np.abs(har_fl - fl).max())},
+        "images": int(len(y)),
+        "confusion": confusion(pred, y).tolist(),
+        "size_bytes": {os.path.basename(str(p)): os.path.getsize(p)
+                       for p in (tflite_path, har_path, qhar_path, hef_path)},
+    }
+    metrics["compiled"]["drop_vs_float_pp"] = round(100 * (metrics["float"]["accuracy"] - metrics["compiled"]["accuracy"]), 4)
+    return metrics, pred

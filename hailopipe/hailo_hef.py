@@ -1,0 +1,579 @@
+"""Read real HEF files (Hailo Executable Format, made by Hailo's Dataflow Compiler) without HailoRT.
+
+`read_hailo_hef(path)` checks the file header and its checksum, decodes the protobuf body and
+returns a plain-Python `HailoHefInfo`: target architecture, compiler version, and for each network
+group its contexts, networks, input/output vstreams (name, format type, order, shape without batch,
+quantization) and host-side ops.  `describe(info)` renders it the way `hailortcli parse-hef`
+does, plus one quantization line per vstream.  Every problem (missing, oversized, truncated or
+corrupt file, bad magic/version/checksum, undecodable body) raises `HefFormatError` with a
+one-line message that starts with the file name.
+
+Run:  python -m hailopipe.hailo_hef FILE.hef     (prints describe())
+
+File layout (all header integers big-endian, packed; facts of the format as HailoRT reads it):
+
+    common  magic u32 = 0x01484546 ("\\x01HEF"), version u32, proto_size u32            12 bytes
+    v0      reserved u32, md5[16] of the body; file = header + body exactly            32 bytes
+    v1      crc32 u32 (zlib CRC-32 of everything after the header), ccws_size u64,
+            reserved u32; file = header + body + ccws exactly                          28 bytes
+    v2      xxh3_64 u64 (of everything after the header), ccws_size u64, 2 x reserved u64;
+            file = header + body + ccws exactly                                       44 bytes
+    v3      xxh3_64 u64, ccws_size_with_padding u64, hef_padding_size u32,
+            additional_info_size u64, proto_xxh3_64 u64, reserved u64.  If proto_xxh3_64 is
+            non-zero only the body is hashed; otherwise everything after the header, and then
+            file = header + body + ccws_with_padding + additional_info exactly          56 bytes
+    The body (proto_size bytes right after the header) is a protobuf `ProtoHEFHef`.  xxh3 needs
+    the optional `xxhash` package; without it the hash is reported as not verified.
+
+Protobuf fields used (message.field = number), from HailoRT's public hef.proto; everything else
+(microcode contexts, CCWs, ...) is skipped as unknown fields:
+
+    Hef: header=1, network_groups=2 (repeated)
+    Header: hw_arch=1 (enum, see HW_ARCHS), timestamp=2, sdk_version_str=3, version=4,
+        sdk_version=5 {major=1, minor=2, revision=3}
+    NetworkGroup: network_group_metadata=1, contexts=3, sorted_outputs_order=4,
+        fused_layers_metadata=5 {network_has_fused_layers=1, updated_sorted_output_names=2},
+        networks_names=6, partial_network_groups=7 {network_group=1}, ops=8, pad_edges=9
+        {src=1, dst=2}, network_group_name=10.  Newer HEFs put the device part in
+        ops[i].core_op (same field numbers 1,3,4,5,6; partial_core_ops=7 {core_op=1}).
+    NetworkGroupMetadata: network_group_name=1, transposed_net=3
+    Op: name=1, input_pads=2, output_pads=3, core_op=4, nms_op=5, logits_op=6 {logits_type=1}
+    Pad: index=1, name=2, format_order=3, numeric_info=5, tensor_shape=6 {height=1, width=3,
+        features=5}, nms_shape=7, format_type=8
+    NmsOp: nms_score_th=1, nms_iou_th=2, max_proposals_per_class=3, classes=4, one of
+        yolo=7 / yolox=8 / ssd=9 / iou=10 / yolo_seg=11 / yolov8=12, bbox_decoding_only=13
+    Context: metadata=3 -> ContextMetadata: edge_layers=2
+    EdgeLayer: direction=1 (0 host->device, 1 device->host), edge_layer_type=2 (0 info, 1 mux,
+        2 planes), layer_info=3, layer_mux=4, context_switch_info=5 {edge_connection_type=3,
+        0 = boundary}, network_index=6, pad_index=7, layer_planes=8
+    EdgeLayerInfo: name=1, edge_layer_base=2, numeric_info=3, transposed=6
+    EdgeLayerMux: name=1, predecessors=5 {layer_info=1, layer_mux=2, layer_planes=3}
+    EdgeLayerPlanes: name=1, planes_format=2, planes=3, height=4, width=5, features=6
+    EdgeLayerBase: height=1, width=3, features=5, format=7 (compiler order code), data_bytes=12,
+        additional_info=11 {nms_info=1 {number_of_classes=2, max_output_size=3,
+        input_division_factor=7}}
+    NumericInfo: qp_zp=1, qp_scale=2, limvals_min=3, limvals_max=4 (float32)
+    (The schema is built at import time with descriptor_pb2, proto3 like hef.proto; no codegen.)
+
+Vstreams are the boundary edge layers of all contexts (mux layers expand to their
+predecessors); outputs are sorted by sorted_outputs_order, as HailoRT does.  `order` is the
+vstream order HailoRT reports, derived from EdgeLayerBase.format: device orders NHWC/NHCW/RGB888
+give NHWC, FCR and F8CR stay FCR/F8CR (their host buffers are still NHWC: `StreamInfo.host_layout`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import struct
+import sys
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
+
+from hailopipe.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+HAILO_HEF_MAGIC = 0x01484546
+MAX_HEF_BYTES = 512 << 20  # refuse larger files before reading them
+_COMMON = struct.Struct(">III")
+_HEADER_SIZES = {0: 32, 1: 28, 2: 44, 3: 56}
+
+# ProtoHEFHwArch -> name; hailo8 branch and master differ only above HAILO8L (5 was HAILO10H,
+# 103 is HAILO15H there and HAILO1XH on master).
+HW_ARCHS = {0: "HAILO8", 1: "HAILO8P", 2: "HAILO8R", 3: "HAILO8L", 4: "HAILO15M", 5: "HAILO10H",
+            6: "HAILO15L", 100: "SAGE_A0", 101: "SAGE_B0", 102: "PAPRIKA_B0", 103: "HAILO15H",
+            104: "GINGER", 105: "LAVENDER", 106: "PLUTO", 108: "MARS"}
+# Device architectures a HEF arch runs on (what "HEF Compatible for:" prints).
+_COMPATIBLE = {"HAILO8": ["HAILO8"], "HAILO8P": ["HAILO8"], "HAILO8R": ["HAILO8"],
+               "SAGE_B0": ["HAILO8"], "PAPRIKA_B0": ["HAILO8"], "SAGE_A0": ["HAILO8_A0"],
+               "HAILO8L": ["HAILO8L", "HAILO8"], "HAILO15H": ["HAILO15H", "HAILO10H"],
+               "GINGER": ["HAILO15H", "HAILO10H"], "LAVENDER": ["HAILO15H", "HAILO10H"],
+               "HAILO15M": ["HAILO15M", "HAILO15H", "HAILO10H"], "HAILO15L": ["HAILO15L"],
+               "PLUTO": ["HAILO15L"], "HAILO10H": ["HAILO10H"], "MARS": ["HAILO12L"]}
+# EdgeLayerBase.format (compiler code) -> host-side vstream order (device order, then HailoRT's
+# default host order for it).
+_HOST_ORDER = {0: "NHWC", 1: "NHWC", 2: "NC", 3: "FCR", 4: "BAYER RGB", 5: "NHW",
+               6: "HAILO NMS BY CLASS", 7: "F8CR", 8: "NHWC", 11: "YUY2", 13: "NHWC", 14: "NV12",
+               15: "NV21", 16: "I420"}
+# Order/type enums as written in Pad.format_order / Pad.format_type (= hailo_format_*_t values).
+_ORDERS = ["AUTO", "NHWC", "NHCW", "FCR", "F8CR", "NHW", "NC", "BAYER RGB", "12 BIT BAYER RGB",
+           "HAILO NMS", "RGB 888", "NCHW", "YUY2", "NV12", "NV21", "YYUV", "YYVU"]
+_TYPES = ["AUTO", "UINT8", "UINT16", "FLOAT32"]
+_PLANES = {0: "NV12", 1: "NV21", 2: "I420"}
+_NMS_KINDS = {"yolo": "YOLOv5", "yolox": "YOLOX", "ssd": "SSD", "iou": "IoU",
+              "yolo_seg": "YOLOv5-Seg", "yolov8": "YOLOv8"}
+
+# --- minimal schema: (field, number, type); "*" = repeated, "?" = proto3 `optional` (has
+# presence), capitalised type = message ------------------------------------------------------
+_SCHEMA = {
+    "Hef": [("header", 1, "Header"), ("network_groups", 2, "*NetworkGroup")],
+    "Header": [("hw_arch", 1, "i32"), ("timestamp", 2, "u64"), ("sdk_version_str", 3, "str"),
+               ("version", 4, "u64"), ("sdk_version", 5, "SdkVersion")],
+    "SdkVersion": [("major", 1, "u32"), ("minor", 2, "u32"), ("revision", 3, "u32")],
+    "NetworkGroup": [("network_group_metadata", 1, "NgMetadata"), ("contexts", 3, "*Context"),
+                     ("sorted_outputs_order", 4, "*str"), ("fused_layers_metadata", 5, "Fused"),
+                     ("networks_names", 6, "*str"), ("partial_network_groups", 7, "*PartialNg"),
+                     ("ops", 8, "*Op"), ("pad_edges", 9, "*PadEdge"),
+                     ("network_group_name", 10, "str")],
+    "PartialNg": [("network_group", 1, "NetworkGroup")],
+    "CoreOp": [("network_group_metadata", 1, "NgMetadata"), ("contexts", 3, "*Context"),
+               ("sorted_outputs_order", 4, "*str"), ("fused_layers_metadata", 5, "Fused"),
+               ("networks_names", 6, "*str"), ("partial_core_ops", 7, "*PartialCoreOp")],
+    "PartialCoreOp": [("core_op", 1, "CoreOp")],
+    "NgMetadata": [("network_group_name", 1, "str"), ("transposed_net", 3, "bool")],
+    "Fused": [("network_has_fused_layers", 1, "bool"), ("updated_sorted_output_names", 2, "*str")],
+    "PadEdge": [("src", 1, "u32"), ("dst", 2, "u32")],
+    "Op": [("name", 1, "str"), ("input_pads", 2, "*Pad"), ("output_pads", 3, "*Pad"),
+           ("core_op", 4, "CoreOp"), ("nms_op", 5, "NmsOp"), ("logits_op", 6, "LogitsOp")],
+    "Pad": [("index", 1, "u32"), ("name", 2, "str"), ("format_order", 3, "i32"),
+            ("numeric_info", 5, "NumericInfo"), ("tensor_shape", 6, "TensorShape"),
+            ("nms_shape", 7, "NmsShape"), ("format_type", 8, "i32")],
+    "TensorShape": [("height", 1, "u32"), ("width", 3, "u32"), ("features", 5, "u32")],
+    "NmsShape": [("number_of_classes", 1, "u32"), ("max_bboxes_per_class", 2, "u32")],
+    "NmsOp": [("nms_score_th", 1, "double"), ("nms_iou_th", 2, "double"),
+              ("max_proposals_per_class", 3, "u32"), ("classes", 4, "u32"),
+              ("yolo", 7, "Empty"), ("yolox", 8, "Empty"), ("ssd", 9, "Empty"),
+              ("iou", 10, "Empty"), ("yolo_seg", 11, "Empty"), ("yolov8", 12, "Empty"),
+              ("bbox_decoding_only", 13, "bool")],
+    "Empty": [],
+    "LogitsOp": [("logits_type", 1, "i32")],
+    "Context": [("context_index", 1, "u32"), ("metadata", 3, "ContextMetadata")],
+    "ContextMetadata": [("name", 1, "str"), ("edge_layers", 2, "*EdgeLayer")],
+    "EdgeLayer": [("direction", 1, "i32"), ("edge_layer_type", 2, "i32"),
+                  ("layer_info", 3, "LayerInfo"), ("layer_mux", 4, "LayerMux"),
+                  ("context_switch_info", 5, "SwitchInfo"), ("network_index", 6, "u32"),
+                  ("pad_index", 7, "?u32"), ("layer_planes", 8, "LayerPlanes")],
+    "SwitchInfo": [("edge_connection_type", 3, "i32")],
+    "Edge": [("layer_info", 1, "LayerInfo"), ("layer_mux", 2, "LayerMux"),
+             ("layer_planes", 3, "LayerPlanes")],
+    "LayerInfo": [("name", 1, "str"), ("edge_layer_base", 2, "Base"),
+                  ("numeric_info", 3, "NumericInfo"), ("transposed", 6, "bool")],
+    "LayerMux": [("name", 1, "str"), ("predecessors", 5, "*Edge")],
+    "LayerPlanes": [("name", 1, "str"), ("planes_format", 2, "i32"), ("planes", 3, "*Edge"),
+                    ("height", 4, "u32"), ("width", 5, "u32"), ("features", 6, "u32")],
+    "Base": [("height", 1, "u32"), ("width", 3, "u32"), ("features", 5, "u32"),
+             ("format", 7, "u32"), ("additional_info", 11, "AdditionalInfo"),
+             ("data_bytes", 12, "u32")],
+    "AdditionalInfo": [("nms_info", 1, "NmsInfo")],
+    "NmsInfo": [("number_of_classes", 2, "u64"), ("max_output_size", 3, "u64"),
+                ("input_division_factor", 7, "u64")],
+    "NumericInfo": [("qp_zp", 1, "float"), ("qp_scale", 2, "float"), ("limvals_min", 3, "float"),
+                    ("limvals_max", 4, "float")],
+}
+
+
+def _build_schema() -> dict:
+    """Compile _SCHEMA into message classes (proto3, like hef.proto: strings must be UTF-8)."""
+    F = descriptor_pb2.FieldDescriptorProto
+    scalars = {"i32": F.TYPE_INT32, "u32": F.TYPE_UINT32, "u64": F.TYPE_UINT64,
+               "bool": F.TYPE_BOOL, "str": F.TYPE_STRING, "float": F.TYPE_FLOAT,
+               "double": F.TYPE_DOUBLE}
+    fdp = descriptor_pb2.FileDescriptorProto(name="hailopipe_hef.proto",
+                                             package="hailopipe.hef", syntax="proto3")
+    for msg_name, fields in _SCHEMA.items():
+        msg = fdp.message_type.add(name=msg_name)
+        for fname, number, ftype in fields:
+            repeated, optional = ftype.startswith("*"), ftype.startswith("?")
+            ftype = ftype.lstrip("*?")
+            f = msg.field.add(name=fname, number=number,
+                              label=F.LABEL_REPEATED if repeated else F.LABEL_OPTIONAL)
+            if optional:  # proto3 `optional`: a synthetic one-field oneof gives presence
+                f.proto3_optional, f.oneof_index = True, len(msg.oneof_decl)
+                msg.oneof_decl.add(name="_" + fname)
+            if ftype in scalars:
+                f.type = scalars[ftype]
+            else:
+                f.type, f.type_name = F.TYPE_MESSAGE, ".hailopipe.hef." + ftype
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName("hailopipe.hef." + name))
+            for name in _SCHEMA}
+
+
+_PB = _build_schema()
+
+
+class HefFormatError(PipelineError, ValueError):
+    """A file is not a readable HEF; the message is one line: '<file>: <what is wrong>'."""
+
+
+@dataclass
+class QuantInfo:
+    qp_zp: float
+    qp_scale: float
+    limvals_min: float
+    limvals_max: float
+
+
+@dataclass
+class StreamInfo:
+    name: str
+    direction: str      # "input" / "output"
+    format_type: str    # UINT8 / UINT16 / FLOAT32 (AUTO only for host-op outputs left AUTO)
+    order: str          # NHWC, NC, NHW, FCR, HAILO NMS BY CLASS, ...
+    shape: tuple        # without batch: (H, W, C); (C,) for NC; (H, W) for NHW
+    quant_info: QuantInfo
+    network_name: str = ""
+
+    @property
+    def host_layout(self) -> str:
+        """Memory layout of the host buffer: FCR/F8CR (device transfer orders) are NHWC on the
+        host, as HailoRT documents for hailo_format_order_t."""
+        return "NHWC" if self.order in ("FCR", "F8CR") else self.order
+
+
+@dataclass
+class NetworkGroupInfo:
+    name: str
+    contexts: int
+    networks: list[str]
+    inputs: list[StreamInfo]
+    outputs: list[StreamInfo]
+    sorted_outputs: list[str]
+    ops: list[str] = field(default_factory=list)
+
+
+@dataclass
+class HailoHefInfo:
+    path: str
+    header_version: int
+    checksum: str
+    hw_arch: str        # the HEF's own target (e.g. HAILO8P for a DFC hailo8 build)
+    sdk_version: str
+    network_groups: list[NetworkGroupInfo]
+
+    @property
+    def compatible_archs(self) -> list[str]:
+        """Device architectures HailoRT accepts this HEF on (what parse-hef prints)."""
+        return _COMPATIBLE.get(self.hw_arch, [self.hw_arch])
+
+
+def is_hailo_hef(head: bytes) -> bool:
+    """True if `head` (the first bytes of a file) starts with the HEF magic."""
+    return len(head) >= 4 and struct.unpack(">I", bytes(head[:4]))[0] == HAILO_HEF_MAGIC
+
+
+# --- header ---------------------------------------------------------------------------------
+
+def _read_bytes(path: Path, max_bytes: int) -> bytes:
+    try:
+        if path.is_dir():
+            raise HefFormatError(f"{path}: is a directory, not a HEF file")
+        if not path.is_file():
+            raise HefFormatError(f"{path}: no such file")
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise HefFormatError(f"{path}: file is {size} bytes, more than the {max_bytes}-byte limit")
+        with open(path, "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise HefFormatError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    if len(data) > max_bytes:
+        raise HefFormatError(f"{path}: file grew past the {max_bytes}-byte limit while reading")
+    return data
+
+
+def _check_header(path: Path, data: bytes) -> tuple[int, bytes, str]:
+    """Validate header, sizes and checksum; return (version, protobuf body, checksum text)."""
+    if not data:
+        raise HefFormatError(f"{path}: file is empty")
+    if len(data) < 4 or not is_hailo_hef(data):
+        raise HefFormatError(f"{path}: not a HEF (magic {data[:4].hex() or 'missing'}, "
+                             f"expected {HAILO_HEF_MAGIC:08x})")
+    if len(data) < _COMMON.size:
+        raise HefFormatError(f"{path}: truncated header ({len(data)} bytes)")
+    _, version, proto_size = _COMMON.unpack_from(data)
+    if version not in _HEADER_SIZES:
+        raise HefFormatError(f"{path}: unsupported HEF header version {version} (known: 0-3)")
+    hsize = _HEADER_SIZES[version]
+    if len(data) < hsize:
+        raise HefFormatError(f"{path}: truncated v{version} header ({len(data)} of {hsize} bytes)")
+    rest = memoryview(data)[hsize:]
+    # `extra`: bytes declared after the body (ccws, padding, additional info); `exact`: the file
+    # must end right after them (HailoRT's "file length does not match" check).
+    exact = True
+    if version == 0:
+        extra = 0
+    elif version == 1:
+        crc, extra = struct.unpack_from(">IQ", data, 12)
+    elif version == 2:
+        xxh, extra = struct.unpack_from(">QQ", data, 12)
+    else:
+        xxh, ccws, padding, info_size, proto_xxh = struct.unpack_from(">QQIQQ", data, 12)
+        if padding > ccws:
+            raise HefFormatError(f"{path}: v3 header padding ({padding}) exceeds ccws size ({ccws})")
+        extra, exact = ccws + info_size, proto_xxh == 0
+    declared = proto_size + extra
+    if len(rest) < declared:
+        more = f" + {extra} more bytes" if extra else ""
+        raise HefFormatError(f"{path}: truncated: header declares a {proto_size}-byte body{more}"
+                             f" but only {len(rest)} bytes follow the {hsize}-byte header")
+    if exact and len(rest) != declared:
+        raise HefFormatError(f"{path}: {len(rest) - declared} unexpected bytes after the declared "
+                             f"{declared} bytes (file length does not match the header)")
+    body = bytes(rest[:proto_size])
+    if version == 0:
+        digest = hashlib.md5(body, usedforsecurity=False).digest()
+        if digest != data[16:32]:
+            raise HefFormatError(f"{path}: MD5 mismatch (header {data[16:32].hex()}, body "
+                                 f"{digest.hex()}): file is corrupt")
+        return version, body, f"md5 {digest.hex()} (verified)"
+    if version == 1:
+        calc = zlib.crc32(rest) & 0xFFFFFFFF
+        if calc != crc:
+            raise HefFormatError(f"{path}: CRC32 mismatch (header {crc:08x}, computed {calc:08x}): "
+                                 "file is corrupt")
+        return version, body, f"crc32 {calc:08x} (verified)"
+    try:
+        import xxhash  # optional; not a dependency
+    except ImportError:
+        log.debug("%s: xxhash not installed, xxh3 checksum not verified", path)
+        return version, body, "xxh3 (not verified: xxhash not installed)"
+    what, covered, expected = "xxh3_64", rest, xxh
+    if version == 3 and proto_xxh:
+        what, covered, expected = "xxh3_64 of body", body, proto_xxh
+    calc = xxhash.xxh3_64_intdigest(bytes(covered))
+    if calc != expected:
+        raise HefFormatError(f"{path}: {what} mismatch (header {expected:016x}, computed "
+                             f"{calc:016x}): file is corrupt")
+    return version, body, f"{what} {calc:016x} (verified)"
+
+
+# --- body -----------------------------------------------------------------------------------
+
+def _quant(numeric) -> QuantInfo:
+    return QuantInfo(numeric.qp_zp, numeric.qp_scale, numeric.limvals_min, numeric.limvals_max)
+
+
+def _format_type(data_bytes: int) -> str:
+    name = {1: "UINT8", 2: "UINT16", 4: "FLOAT32"}.get(data_bytes)
+    if name is None:
+        log.warning("edge layer with data_bytes=%d: format type unknown", data_bytes)
+        return f"UNKNOWN(data_bytes={data_bytes})"
+    return name
+
+
+def _layer_stream(info, direction: str, network: str, transposed_net: bool) -> StreamInfo:
+    base = info.edge_layer_base
+    order = _HOST_ORDER.get(base.format, f"UNKNOWN({base.format})")
+    if order == "HAILO NMS BY CLASS":
+        nms = base.additional_info.nms_info
+        per_class = nms.max_output_size * max(nms.input_division_factor, 1)
+        return StreamInfo(info.name, direction, "FLOAT32", order,
+                          (nms.number_of_classes, 5, per_class), _quant(info.numeric_info), network)
+    h, w, c = base.height, base.width, base.features
+    if (transposed_net or info.transposed) and order != "NC":
+        h, w = w, h
+    shape = {"NC": (c,), "NHW": (h, w)}.get(order, (h, w, c))
+    return StreamInfo(info.name, direction, _format_type(base.data_bytes), order, shape,
+                      _quant(info.numeric_info), network)
+
+
+def _edge_streams(edge, direction: str, network: str, transposed_net: bool) -> list[StreamInfo]:
+    """Vstreams of a layer_info / layer_mux / layer_planes edge (mux expands to predecessors)."""
+    if edge.HasField("layer_mux"):
+        return [s for pred in edge.layer_mux.predecessors
+                for s in _edge_streams(pred, direction, network, transposed_net)]
+    if edge.HasField("layer_planes"):
+        planes = edge.layer_planes
+        ftype = "UINT8"
+        if planes.planes and planes.planes[0].HasField("layer_info"):
+            ftype = _format_type(planes.planes[0].layer_info.edge_layer_base.data_bytes)
+        q = planes.planes[0].layer_info.numeric_info if planes.planes else None
+        return [StreamInfo(planes.name, direction, ftype,
+                           _PLANES.get(planes.planes_format, f"UNKNOWN({planes.planes_format})"),
+                           (planes.height, planes.width, planes.features),
+                           _quant(q) if q is not None else QuantInfo(0.0, 1.0, 0.0, 0.0), network)]
+    if edge.HasField("layer_info"):
+        return [_layer_stream(edge.layer_info, direction, network, transposed_net)]
+    return []
+
+
+def _core_part(ng):
+    """The device part of a network group: ops[i].core_op (newer) or the group itself (older),
+    descending into the first partial core op / network group if the top one has no contexts."""
+    core = next((op.core_op for op in ng.ops if op.HasField("core_op")), ng)
+    partials = core.partial_core_ops if hasattr(core, "partial_core_ops") else core.partial_network_groups
+    if not core.contexts and partials:
+        first = partials[0]
+        core = first.core_op if hasattr(first, "core_op") else first.network_group
+    return core
+
+
+def _host_op(op, pad_to_stream: dict, pad_edges: dict, network: str):
+    """Describe a host-side op; return (text, consumed output names, new output streams)."""
+    srcs = [pad_to_stream.get(pad_edges.get(p.index)) for p in op.input_pads]
+    consumed = [s.name for s in srcs if s is not None]
+    if op.HasField("logits_op"):
+        kind = {0: "ARGMAX", 1: "SOFTMAX"}.get(op.logits_op.logits_type, "LOGITS?")
+        outs = []
+        if srcs and srcs[0] is not None and op.output_pads:
+            src, pad = srcs[0], op.output_pads[0]
+            shape = src.shape[:2] + (1,) if kind == "ARGMAX" and len(src.shape) == 3 else src.shape
+            order = _ORDERS[pad.format_order] if 0 <= pad.format_order < len(_ORDERS) else "AUTO"
+            ftype = _TYPES[pad.format_type] if 0 <= pad.format_type < len(_TYPES) else "AUTO"
+            outs.append(StreamInfo(pad.name, "output", ftype, order, shape,
+                                   _quant(pad.numeric_info), network))
+        text = f"{op.name}: {kind} on host, {', '.join(consumed) or '?'} -> " + \
+               ", ".join(p.name for p in op.output_pads)
+        return text, consumed, outs
+    if op.HasField("nms_op"):
+        nms = op.nms_op
+        kind = next((v for k, v in _NMS_KINDS.items() if nms.HasField(k)), "NMS")
+        outs = [StreamInfo(p.name, "output", "FLOAT32", "HAILO NMS BY CLASS",
+                           (nms.classes, 5, nms.max_proposals_per_class),
+                           QuantInfo(0.0, 1.0, 0.0, 0.0), network) for p in op.output_pads[:1]]
+        text = (f"{op.name}: {kind}{' bbox decoding' if nms.bbox_decoding_only else ''} NMS on host, "
+                f"classes: {nms.classes}, max proposals per class: {nms.max_proposals_per_class}, "
+                f"score threshold: {nms.nms_score_th:g}, IoU threshold: {nms.nms_iou_th:g}")
+        return text, consumed, outs
+    return f"{op.name}: unknown op", [], []
+
+
+def _network_group(ng) -> NetworkGroupInfo:
+    core = _core_part(ng)
+    name = (ng.network_group_metadata.network_group_name or ng.network_group_name
+            or core.network_group_metadata.network_group_name)
+    partial_names = list(core.networks_names)
+    networks = [f"{name}/{n}" for n in partial_names] or [f"{name}/{name}"]
+    transposed = core.network_group_metadata.transposed_net
+    inputs, outputs, pad_to_stream, seen = [], [], {}, set()
+    for ctx in core.contexts:
+        for edge in ctx.metadata.edge_layers:
+            if edge.context_switch_info.edge_connection_type != 0:  # not a boundary (host) edge
+                continue
+            idx = edge.network_index if edge.network_index < len(networks) else 0
+            direction = "output" if edge.direction == 1 else "input"
+            streams = _edge_streams(edge, direction, networks[idx], transposed)
+            for s in streams:
+                if s.name not in seen:
+                    seen.add(s.name)
+                    (outputs if direction == "output" else inputs).append(s)
+            if direction == "output" and edge.HasField("pad_index") and streams:
+                pad_to_stream[edge.pad_index] = streams[0]
+    pad_edges = {e.dst: e.src for e in ng.pad_edges}
+    ops = []
+    for op in ng.ops:
+        if op.HasField("core_op"):
+            continue
+        text, consumed, new = _host_op(op, pad_to_stream, pad_edges, networks[0])
+        ops.append(text)
+        outputs = [s for s in outputs if s.name not in consumed] + new
+    fused = core.fused_layers_metadata
+    sorted_outputs = list(fused.updated_sorted_output_names if fused.network_has_fused_layers
+                          else core.sorted_outputs_order)
+    rank = {n: i for i, n in enumerate(sorted_outputs)}
+    outputs.sort(key=lambda s: rank.get(s.name, len(rank)))
+    return NetworkGroupInfo(name, len(core.contexts), networks, inputs, outputs, sorted_outputs, ops)
+
+
+def read_hailo_hef(path, *, max_bytes: int = MAX_HEF_BYTES) -> HailoHefInfo:
+    """Read and check a HEF file; raise HefFormatError (message names the file) on any problem."""
+    try:
+        path = Path(path)
+    except TypeError as exc:
+        raise HefFormatError(f"{path!r}: not a file path") from exc
+    data = _read_bytes(path, max_bytes)
+    version, body, checksum = _check_header(path, data)
+    hef = _PB["Hef"]()
+    try:
+        hef.ParseFromString(body)
+    except DecodeError as exc:
+        raise HefFormatError(f"{path}: protobuf body does not decode ({exc})") from exc
+    except Exception as exc:  # the C parser may raise other types on hostile input
+        raise HefFormatError(f"{path}: protobuf body does not decode ({type(exc).__name__}: {exc})") from exc
+    if not hef.HasField("header"):
+        raise HefFormatError(f"{path}: protobuf body has no HEF header message")
+    arch_id = hef.header.hw_arch
+    hw_arch = HW_ARCHS.get(arch_id, f"UNKNOWN({arch_id})")
+    sdk = hef.header.sdk_version_str
+    if not sdk and hef.header.HasField("sdk_version"):
+        v = hef.header.sdk_version
+        sdk = f"{v.major}.{v.minor}.{v.revision}"
+    groups = [_network_group(ng) for ng in hef.network_groups]
+    if not groups:
+        raise HefFormatError(f"{path}: HEF has no network groups")
+    for g in groups:
+        if not g.inputs or not g.outputs:
+            log.warning("%s: network group %s has %d inputs and %d outputs", path, g.name,
+                        len(g.inputs), len(g.outputs))
+    log.debug("%s: HEF v%d, %s, %s, DFC %s, %d network group(s)", path, version, checksum,
+              hw_arch, sdk or "?", len(groups))
+    return HailoHefInfo(str(path), version, checksum, hw_arch, sdk, groups)
+
+
+# --- describe -------------------------------------------------------------------------------
+
+def _num(x: float) -> str:
+    """Shortest text that reads back as the same float32 (HEF quant values are float32)."""
+    if x != x or x in (float("inf"), float("-inf")):
+        return str(x)
+    target = struct.pack("<f", x)
+    for digits in range(1, 10):
+        text = f"{x:.{digits}g}"
+        if struct.pack("<f", float(text)) == target:
+            return text
+    return repr(x)
+
+
+def _shape_text(s: StreamInfo) -> str:
+    if s.order == "HAILO NMS BY CLASS" and len(s.shape) == 3:
+        classes, _, per_class = s.shape
+        frame = classes * (1 + 5 * per_class) * 4
+        return (f"(number of classes: {classes}, maximum bounding boxes per class: {per_class}, "
+                f"maximum frame size: {frame})")
+    return "(" + "x".join(str(d) for d in s.shape) + ")"
+
+
+def describe(info: HailoHefInfo, *, style: str = "hailort5") -> str:
+    """Text in `hailortcli parse-hef` style (vstreams), plus a quantization line per vstream.
+
+    style="hailort5" prints "HEF Compatible for: ..." and "HEF Compiler Version: ..." (HailoRT
+    5.x); style="hailort4" prints "Architecture HEF was compiled for: ..." (HailoRT 4.x, which
+    Hailo-8 devices use)."""
+    if style not in ("hailort4", "hailort5"):
+        raise ValueError(f"describe: unknown style {style!r} (hailort4 or hailort5)")
+    tab = "    "
+    if style == "hailort4":
+        lines = [f"Architecture HEF was compiled for: {info.compatible_archs[0]}"]
+    else:
+        lines = [f"HEF Compatible for: {', '.join(info.compatible_archs)}"]
+        if info.sdk_version:
+            lines.append(f"HEF Compiler Version: {info.sdk_version}")
+    for g in info.network_groups:
+        ctx = f"Multi Context - Number of contexts: {g.contexts}" if g.contexts > 1 else "Single Context"
+        lines.append(f"Network group name: {g.name}, {ctx}")
+        for net in g.networks:
+            lines += [f"{tab}Network name: {net}", f"{tab * 2}VStream infos:"]
+            for s in g.inputs + g.outputs:
+                if s.network_name and s.network_name != net:
+                    continue
+                label = "Input " if s.direction == "input" else "Output"
+                q = s.quant_info
+                lines.append(f"{tab * 3}{label} {s.name} {s.format_type}, {s.order}{_shape_text(s)}")
+                lines.append(f"{tab * 4}Quantization: qp_scale={_num(q.qp_scale)}, qp_zp={_num(q.qp_zp)}, "
+                             f"limvals=[{_num(q.limvals_min)}, {_num(q.limvals_max)}]")
+            if g.ops:
+                lines.append(f"{tab * 3}Operation:")
+                lines += [f"{tab * 4}{op}" for op in g.ops]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0].startswith("-"):
+        raise PipelineError("usage: python -m hailopipe.hailo_hef FILE.hef")
+    info = read_hailo_hef(args[0])
+    log.info("%s: header v%d, %s", info.path, info.header_version, info.checksum)
+    print(describe(info), end="")
+
+
+if __name__ == "__main__":
+    from hailopipe.errors import run_main
+
+    run_main(main)

@@ -1,0 +1,190 @@
+"""The emulator's compiled file (the HEF step): everything the runtime needs, without the HAR.
+
+Layout (big-endian header, like Hailo's, but with its own magic so it never passes for a HEF that
+a Hailo device could load):
+
+    offset  size  field
+    0       4     magic  b"EHEF"  (Hailo's is 01 48 45 46 = "\\x01HEF")
+    4       4     format version (1)
+    8       4     flags: bit 0 = emulated (always set)
+    12      8     body size in bytes
+    20      32    sha256 of the body
+    52      ...   body: u32 JSON length, JSON description, zero padding to a 64-byte boundary
+                  (from the body start), then the arrays, each 64-byte aligned
+
+The JSON holds the target `hw_arch`, the network group and network names, the input and output
+stream infos as HailoRT reports them (name `<group>/<layer>`, shape without batch, order, format
+type UINT8/UINT16, qp_scale, qp_zp, limvals), the compile report, and per layer its activation, bit
+widths, scales and an index of its arrays (offset, dtype, shape).  The arrays are the quantized
+params under the same keys as the HAR's .q.npz.  `read` verifies magic, version, flags, sizes and
+the checksum before it trusts a byte, and rebuilds the QNetwork through the same checks as a HAR.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from hailopipe import __version__, qnetwork
+from hailopipe.errors import PipelineError
+from hailopipe.network import Dense, Network
+from hailopipe.qnetwork import QNetwork
+
+MAGIC = b"EHEF"
+HAILO_MAGIC = b"\x01HEF"
+VERSION = 1
+FLAG_EMULATED = 1
+HEADER = struct.Struct(">4sIIQ32s")
+ALIGN = 64
+MAX_BYTES = 1 << 31
+DTYPES = ("|i1", "<i2", "<i4", "<i8", "<f4", "|u1")
+
+
+class RealHefError(PipelineError):
+    """The file is a real HEF made by Hailo's compiler: it runs only on a Hailo device through HailoRT."""
+
+
+@dataclass
+class CompiledModel:
+    path: str
+    meta: dict
+    qnet: QNetwork
+
+    @property
+    def inputs(self) -> list[dict]:
+        return self.meta["inputs"]
+
+    @property
+    def outputs(self) -> list[dict]:
+        return self.meta["outputs"]
+
+
+def _stream(name: str, shape, order: str, bits: int, scale: float, zp: int, limvals) -> dict:
+    qmin = -(1 << (bits - 1))
+    return {"name": name, "shape": [int(s) for s in shape], "order": order,
+            "format_type": "UINT8" if bits <= 8 else "UINT16",
+            "qp_scale": float(scale), "qp_zp": int(zp - qmin),
+            "limvals_min": float(limvals[0]), "limvals_max": float(limvals[1])}
+
+
+def stream_infos(q: QNetwork) -> tuple[list[dict], list[dict]]:
+    out = q.output
+    inputs = [_stream(f"{q.name}/input_layer1", q.input_shape, "NHWC", q.input_bits, q.input_scale, q.input_zp,
+                      q.input_limvals)]
+    qmin, qmax = -(1 << (out.out_bits - 1)), (1 << (out.out_bits - 1)) - 1
+    lim = ((qmin - out.out_zp) * out.out_scale, (qmax - out.out_zp) * out.out_scale)
+    outputs = [_stream(f"{q.name}/{out.name}", (out.kernel.shape[1],), "NC", out.out_bits, out.out_scale,
+                       out.out_zp, lim)]
+    return inputs, outputs
+
+
+def compile_report(q: QNetwork) -> dict:
+    """Per-layer shapes, MACs and weight bytes, and the totals."""
+    layers = {}
+    for l in q.layers:
+        K, C = l.kernel.shape
+        layers[l.name] = {"input_shape": [K], "output_shape": [C], "macs": l.macs,
+                          "weight_bytes": int(l.kernel.nbytes), "bias_bytes": int(C * 4),
+                          "precision_mode": f"a{l.out_bits}_w{l.w_bits}", "activation": l.activation}
+    return {"network": q.name, "layers": layers,
+            "total": {"macs": sum(v["macs"] for v in layers.values()),
+                      "weight_bytes": sum(v["weight_bytes"] + v["bias_bytes"] for v in layers.values()),
+                      "layers": len(layers)}}
+
+
+def compile_network(q: QNetwork, hw_arch: str) -> bytes:
+    """The compiled file's bytes for `q` (deterministic)."""
+    arrays = qnetwork.to_arrays(q)
+    index, blobs, offset = {}, [], 0
+    for key in sorted(arrays):
+        a = np.asarray(arrays[key])
+        a = a.astype(a.dtype.newbyteorder("<")) if a.dtype.byteorder == ">" else a
+        data = a.tobytes(order="C")
+        index[key] = {"offset": offset, "dtype": a.dtype.str, "shape": list(a.shape)}
+        pad = -len(data) % ALIGN
+        blobs.append(data + b"\0" * pad)
+        offset += len(data) + pad
+    inputs, outputs = stream_infos(q)
+    meta = {"format": "hailopipe emulated HEF (not loadable by a Hailo device)", "emulated": True,
+            "compiler": f"hailopipe-emulator {__version__}", "hw_arch": hw_arch,
+            "network_group": q.name, "networks": [f"{q.name}/{q.name}"], "contexts": 1,
+            "inputs": inputs, "outputs": outputs,
+            "layers": [{"name": l.name, "activation": l.activation, "kernel_shape": list(l.kernel.shape)}
+                       for l in q.layers],
+            "input_shape": list(q.input_shape), "report": compile_report(q), "arrays": index}
+    js = json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    head = struct.pack(">I", len(js)) + js
+    head += b"\0" * (-len(head) % ALIGN)
+    body = head + b"".join(blobs)
+    return HEADER.pack(MAGIC, VERSION, FLAG_EMULATED, len(body), hashlib.sha256(body).digest()) + body
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_BYTES:
+            raise PipelineError(f"{path}: {size} bytes is too large for a compiled model")
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise PipelineError(f"{path}: is a directory, not a compiled model") from None
+
+
+def load(source: str | os.PathLike | bytes, name: str | None = None) -> CompiledModel:
+    """Read and verify an emulated compiled file (path or bytes)."""
+    label = name or ("<bytes>" if isinstance(source, bytes) else str(source))
+    buf = source if isinstance(source, bytes) else read_bytes(source)
+    if buf[:4] == HAILO_MAGIC:
+        raise RealHefError(f"{label}: is a real Hailo HEF: running it needs a Hailo device and HailoRT "
+                           "(hailo_platform); `hailopipe parse-hef` can still describe it")
+    if len(buf) < HEADER.size:
+        raise PipelineError(f"{label}: {len(buf)} bytes is too short for a compiled model header")
+    magic, version, flags, body_size, digest = HEADER.unpack_from(buf)
+    if magic != MAGIC:
+        raise PipelineError(f"{label}: not a compiled model (magic {magic!r}, expected {MAGIC!r})")
+    if version != VERSION:
+        raise PipelineError(f"{label}: unsupported compiled-file version {version} (this reader knows {VERSION})")
+    if not flags & FLAG_EMULATED:
+        raise PipelineError(f"{label}: header flags {flags:#x} lack the emulated bit")
+    body = memoryview(buf)[HEADER.size:]
+    if len(body) != body_size:
+        raise PipelineError(f"{label}: body is {len(body)} bytes, header says {body_size} (truncated or padded file)")
+    if hashlib.sha256(body).digest() != digest:
+        raise PipelineError(f"{label}: checksum mismatch: the file is corrupt")
+    try:
+        (js_len,) = struct.unpack_from(">I", body)
+        meta = json.loads(bytes(body[4:4 + js_len]))
+        data_start = 4 + js_len + (-(4 + js_len) % ALIGN)
+        arrays = {}
+        for key, spec in meta["arrays"].items():
+            if spec["dtype"] not in DTYPES:
+                raise PipelineError(f"{label}: array {key} has unsupported dtype {spec['dtype']!r}")
+            dt, shape = np.dtype(spec["dtype"]), tuple(int(s) for s in spec["shape"])
+            if any(s < 0 for s in shape):
+                raise PipelineError(f"{label}: array {key} has a negative dimension")
+            n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+            start = data_start + int(spec["offset"])
+            if int(spec["offset"]) < 0 or start + n > len(body):
+                raise PipelineError(f"{label}: array {key} lies outside the file")
+            arrays[key] = np.frombuffer(body, dt, count=n // dt.itemsize, offset=start).reshape(shape)
+        skeleton = Network(meta["network_group"], tuple(int(s) for s in meta["input_shape"]),
+                           [Dense(l["name"], np.broadcast_to(np.float32(0), tuple(l["kernel_shape"])),
+                                  np.zeros(0, np.float32), l["activation"]) for l in meta["layers"]])
+        if not skeleton.layers or any(l.activation not in ("linear", "relu") for l in skeleton.layers):
+            raise PipelineError(f"{label}: bad layer list")
+        qnet = qnetwork.from_arrays(arrays, skeleton, label)
+        expected = stream_infos(qnet)
+        if [meta["inputs"], meta["outputs"]] != [expected[0], expected[1]]:
+            raise PipelineError(f"{label}: stream infos disagree with the quantized params")
+    except PipelineError:
+        raise
+    except (KeyError, TypeError, ValueError, struct.error, UnicodeDecodeError) as exc:
+        raise PipelineError(f"{label}: malformed compiled-model description ({type(exc).__name__}: {exc})") from None
+    return CompiledModel(label, meta, qnet)

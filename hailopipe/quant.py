@@ -1,0 +1,166 @@
+r"""Quantization arithmetic: written once here, used by the optimizer, the engine and the formats.
+
+Affine quantization (gemmlowp's `doc/quantization.md`, TFLite's int8 spec, Hailo's `qp_scale`/`qp_zp`)
+----------------------------------------------------------------------------------------------------
+A real value r is represented by an integer q with
+
+    r = scale * (q - zero_point)                                            (1)
+
+for a real `scale` > 0 and an integer `zero_point` in the integer range [qmin, qmax]
+(b-bit signed: qmin = -2^(b-1), qmax = 2^(b-1) - 1).  Given a calibrated range [lo, hi] we first
+widen it to contain 0 and then choose
+
+    scale = (hi - lo) / (qmax - qmin),   zero_point = round(qmin - lo / scale)          (2)
+
+so that r = 0 is exactly representable (q = zero_point).  Exact zero matters: ReLU outputs, padding
+and sparse activations are exactly 0 and must stay so, or every layer would add a bias.
+
+Quantizing is q = clamp(round_half_even(r / scale) + zero_point), as HailoRT does on its input
+streams; dequantizing is (1).  On the wire (HailoRT's UINT8/UINT16 stream formats) the same value is
+carried as u = q - qmin with qp_zp = zero_point - qmin: the same scale, an unsigned integer.
+
+Weights are symmetric (zero_point = 0) in the restricted range [-(2^(b-1) - 1), 2^(b-1) - 1], per
+output channel c by default:  scale_w[c] = max_k |W[k, c]| / (2^(b-1) - 1).
+
+A Dense layer in integers
+-------------------------
+With input x = s_x (q_x - z_x), weights W = s_w[c] q_w, bias b, output y = s_y (q_y - z_y):
+
+    y[c] = sum_k x[k] W[k,c] + b[c]
+         = s_x s_w[c] * ( sum_k (q_x[k] - z_x) q_w[k,c] + q_b[c] ),   q_b[c] = round(b[c] / (s_x s_w[c]))
+
+The bracket is an integer accumulator.  It is computed as
+
+    acc[c] = sum_k q_x[k] q_w[k,c]  +  (q_b[c] - z_x sum_k q_w[k,c])                  (3)
+
+the second term being a per-channel constant folded once at compile time, so the inner loop is a
+plain int8 x int8 product summed in 32 bits: |sum_k q_x q_w| <= K * 128 * 127 < 2^31 for any K
+below 132,000.  Then
+
+    q_y[c] = clamp(z_y + round(M[c] * acc[c])),   M[c] = s_x s_w[c] / s_y              (4)
+
+The real multiplier M is applied in fixed point, as integer hardware does: M = m0 * 2^-e with
+m0 an integer in [2^30, 2^31) and e >= 1 (see `quantize_multiplier`), and
+
+    round(M acc) = (acc * m0 + 2^(e-1)) >> e       (arithmetic shift; rounds half up)   (5)
+
+which is exact in 64-bit integers since |acc| < 2^31 and m0 < 2^31.  (A 16-bit layer's accumulator
+is wider; its m0 gets fewer bits, from a bound on |acc| over all inputs, so the product still fits.)  A fused ReLU is the clamp's
+lower bound raised to z_y (the quantized 0); with the range widened to contain 0, a ReLU output has
+lo = 0 and z_y = qmin, so the clamp alone implements it.
+
+Precision modes (Hailo's `precision_mode`): `a8_w8` (default) and `a16_w16`, i.e. the activation
+bits a layer *outputs* and its weight bits; a layer's input bits are its producer's output bits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PRECISION_MODES = {"a8_w8": (8, 8), "a16_w16": (16, 16)}
+
+
+def qrange(bits: int) -> tuple[int, int]:
+    """Signed integer range of `bits` bits."""
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def storage_dtype(bits: int) -> np.dtype:
+    return np.dtype(np.int8) if bits <= 8 else np.dtype(np.int16)
+
+
+def choose_qparams(lo: float, hi: float, bits: int) -> tuple[float, int]:
+    """Scale and zero point (2) for the range [lo, hi], widened to contain 0."""
+    qmin, qmax = qrange(bits)
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if hi - lo <= 0.0 or not np.isfinite(hi - lo):
+        return 1.0, 0
+    scale = (hi - lo) / (qmax - qmin)
+    zero_point = int(np.clip(np.round(qmin - lo / scale), qmin, qmax))
+    return float(scale), zero_point
+
+
+def quantize(x: np.ndarray, scale: float, zero_point: int, bits: int) -> np.ndarray:
+    """q = clamp(round_half_even(x / scale) + zero_point), as integers of the storage dtype."""
+    qmin, qmax = qrange(bits)
+    q = np.rint(np.asarray(x, np.float64) / scale) + zero_point
+    return np.clip(q, qmin, qmax).astype(storage_dtype(bits))
+
+
+def dequantize(q: np.ndarray, scale, zero_point) -> np.ndarray:
+    """r = scale * (q - zero_point), in float32."""
+    return ((np.asarray(q, np.float32) - np.float32(zero_point)) * np.asarray(scale, np.float32)).astype(np.float32)
+
+
+def to_unsigned(q: np.ndarray, bits: int) -> np.ndarray:
+    """Signed storage -> the unsigned stream format (u = q - qmin)."""
+    qmin, _ = qrange(bits)
+    udt = np.uint8 if bits <= 8 else np.uint16
+    return (q.astype(np.int32) - qmin).astype(udt)
+
+
+def from_unsigned(u: np.ndarray, bits: int) -> np.ndarray:
+    qmin, _ = qrange(bits)
+    return (u.astype(np.int32) + qmin).astype(storage_dtype(bits))
+
+
+def quantize_weights(w: np.ndarray, bits: int, per_channel: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric weights: (q_w [K, C] integers, scale_w [C] float32)."""
+    qmax = (1 << (bits - 1)) - 1
+    w = np.asarray(w, np.float64)
+    absmax = np.abs(w).max(axis=0) if per_channel else np.full(w.shape[1], np.abs(w).max())
+    scale = np.where(absmax > 0, absmax / qmax, 1.0)
+    q = np.clip(np.rint(w / scale), -qmax, qmax).astype(storage_dtype(bits))
+    return q, scale.astype(np.float32)
+
+
+def quantize_bias(b: np.ndarray, in_scale: float, w_scale: np.ndarray) -> np.ndarray:
+    """q_b = round(b / (s_x s_w)) as int64 (int32 suffices for 8-bit layers; 16-bit ones need more)."""
+    q = np.rint(np.asarray(b, np.float64) / (float(in_scale) * w_scale.astype(np.float64)))
+    return np.clip(q, -(2**40), 2**40).astype(np.int64)
+
+
+def quantize_multiplier(m: np.ndarray, mant_bits: int = 31) -> tuple[np.ndarray, np.ndarray]:
+    """Real multipliers M > 0 -> (m0, e) with M ~= m0 2^-e, m0 in [2^(mant_bits-1), 2^mant_bits), 1 <= e <= 62.
+
+    `mant_bits` is 31 for 8-bit layers; a 16-bit layer, whose accumulator needs more than 31 bits,
+    uses fewer (see `multiplier_bits`) so that acc * m0 in (5) always fits in 64 bits.
+    """
+    m = np.asarray(m, np.float64)
+    if np.any(~np.isfinite(m)) or np.any(m <= 0):
+        raise ValueError("requantization multipliers must be finite and positive")
+    mant, exp = np.frexp(m)  # m = mant * 2^exp, mant in [0.5, 1)
+    m0 = np.rint(mant * 2.0**mant_bits).astype(np.int64)
+    e = mant_bits - exp.astype(np.int64)
+    carry = m0 == 2**mant_bits  # mantissa rounded up to 1.0
+    m0 = np.where(carry, 2 ** (mant_bits - 1), m0)
+    e = np.where(carry, e - 1, e)
+    too_small = e > 62  # M < 2^(mant_bits-63): shrink m0 so that e fits; the product is ~0 anyway
+    m0 = np.where(too_small, np.rint(m * 2.0**62), m0).astype(np.int64)
+    e = np.where(too_small, 62, e)
+    if np.any(e < 1):
+        raise ValueError("requantization multiplier too large for fixed point")
+    return m0.astype(np.int32), e.astype(np.int32)
+
+
+def multiplier_bits(q_w: np.ndarray, bias_eff: np.ndarray, in_bits: int) -> int:
+    """Mantissa bits for m0 such that |acc * m0| < 2^63 for every possible input.
+
+    |acc[c]| <= max|q_x| * sum_k |q_w[k, c]| + |bias_eff[c]|, a bound from the actual weights.
+    """
+    max_x = 1 << (in_bits - 1)
+    bound = int((np.abs(q_w.astype(np.int64)).sum(axis=0) * max_x + np.abs(bias_eff.astype(np.int64))).max())
+    return max(8, min(31, 62 - bound.bit_length()))
+
+
+def requantize(acc: np.ndarray, m0: np.ndarray, e: np.ndarray, zero_point: int, lo: int, hi: int) -> np.ndarray:
+    """(4)-(5): clamp(zero_point + ((acc * m0 + 2^(e-1)) >> e), lo, hi) in int64 arithmetic."""
+    m0 = m0.astype(np.int64)
+    e = e.astype(np.int64)
+    prod = acc.astype(np.int64) * m0 + (np.int64(1) << (e - 1))
+    return np.clip((prod >> e) + zero_point, lo, hi)
+
+
+def fold_zero_point(q_b: np.ndarray, q_w: np.ndarray, z_x: int) -> np.ndarray:
+    """The constant term of (3): q_b[c] - z_x * sum_k q_w[k, c], in int64."""
+    return q_b.astype(np.int64) - np.int64(z_x) * q_w.astype(np.int64).sum(axis=0)

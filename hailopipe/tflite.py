@@ -1,0 +1,129 @@
+"""Read an exported float TFLite model into a `Network`, without TensorFlow (Hailo's parser step).
+
+The flatbuffer is decoded with the schema that LiteRT (`ai_edge_litert`) ships.  The data path is
+followed from the graph input: RESHAPE (the Flatten) and FULLY_CONNECTED with a fused activation
+(NONE or RELU) become dense layers; a trailing standalone RELU is fused, a trailing SOFTMAX is left
+to the host.  Ops whose outputs are not float32 only compute shapes and are skipped.  Anything else
+is refused with a PipelineError naming the op, as Hailo's parser refuses unsupported layers.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from hailopipe.errors import PipelineError
+from hailopipe.network import Dense, Network
+
+MAX_TFLITE_BYTES = 1 << 30
+
+
+def _schema():
+    from ai_edge_litert import schema_py_generated
+
+    return schema_py_generated
+
+
+def _name(tensor) -> str:
+    return (tensor.Name() or b"").decode("utf-8", "replace")
+
+
+def _const(model, graph, index: int, path) -> np.ndarray:
+    s = _schema()
+    t = graph.Tensors(index)
+    if t.Type() != s.TensorType.FLOAT32:
+        raise PipelineError(f"{path}: tensor {_name(t)!r} is not float32 (quantized TFLite input is not supported)")
+    buf = model.Buffers(t.Buffer())
+    data = buf.DataAsNumpy() if buf is not None and buf.DataLength() else None
+    if data is None or isinstance(data, int):
+        raise PipelineError(f"{path}: tensor {_name(t)!r} has no constant data")
+    shape = tuple(int(d) for d in t.ShapeAsNumpy())
+    arr = np.frombuffer(data.tobytes(), dtype="<f4")
+    if arr.size != int(np.prod(shape)):
+        raise PipelineError(f"{path}: tensor {_name(t)!r} data does not match its shape {list(shape)}")
+    return arr.reshape(shape).astype(np.float32)
+
+
+def read(path: str | os.PathLike, net_name: str) -> Network:
+    """Parse the TFLite file at `path` into a Network named `net_name`."""
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_TFLITE_BYTES:
+            raise PipelineError(f"{path}: {size} bytes is too large for a TFLite model")
+        with open(path, "rb") as f:
+            buf = f.read()
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: file not found") from None
+    if len(buf) < 8 or buf[4:8] != b"TFL3":
+        raise PipelineError(f"{path}: not a TFLite file (no TFL3 identifier)")
+    _schema()  # import errors are not file errors
+    try:
+        return _parse(buf, path, net_name)
+    except PipelineError:
+        raise
+    except Exception as exc:  # a corrupt flatbuffer raises anything from IndexError to struct.error
+        raise PipelineError(f"{path}: corrupt TFLite flatbuffer ({type(exc).__name__}: {exc})") from None
+
+
+def _parse(buf: bytes, path, net_name: str) -> Network:
+    s = _schema()
+    ops = s.BuiltinOperator
+    model = s.Model.GetRootAs(buf, 0)
+    if model.SubgraphsLength() != 1:
+        raise PipelineError(f"{path}: expected one subgraph, found {model.SubgraphsLength()}")
+    graph = model.Subgraphs(0)
+    if graph.InputsLength() != 1 or graph.OutputsLength() != 1:
+        raise PipelineError(f"{path}: expected one input and one output tensor")
+    in_index = int(graph.Inputs(0))
+    in_t = graph.Tensors(in_index)
+    in_shape = [int(d) for d in in_t.ShapeAsNumpy()]
+    if in_t.Type() != s.TensorType.FLOAT32 or len(in_shape) != 4:
+        raise PipelineError(f"{path}: input must be float32 NHWC, got shape {in_shape}")
+
+    def code(op) -> int:
+        oc = model.OperatorCodes(op.OpcodeIndex())
+        return max(int(oc.BuiltinCode()), int(oc.DeprecatedBuiltinCode()))
+
+    names = {v: k for k, v in vars(ops).items() if not k.startswith("_")}
+    current, layers = in_index, []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        outs = [int(o) for o in op.OutputsAsNumpy()]
+        if all(graph.Tensors(o).Type() != s.TensorType.FLOAT32 for o in outs):
+            continue  # shape computation (SHAPE, STRIDED_SLICE, PACK, ...)
+        c = code(op)
+        ins = [int(x) for x in op.InputsAsNumpy()]
+        if not ins or ins[0] != current:
+            raise PipelineError(f"{path}: op {i} ({names.get(c, c)}) is not on the single data path; "
+                                "only chains of Dense layers are supported")
+        if c == ops.RESHAPE:
+            pass
+        elif c == ops.FULLY_CONNECTED:
+            opts = s.FullyConnectedOptions()
+            table = op.BuiltinOptions()
+            opts.Init(table.Bytes, table.Pos)
+            fused = opts.FusedActivationFunction()
+            act = {s.ActivationFunctionType.NONE: "linear", s.ActivationFunctionType.RELU: "relu"}.get(fused)
+            if act is None:
+                raise PipelineError(f"{path}: op {i}: fused activation {fused} is not supported (linear, relu)")
+            w = _const(model, graph, ins[1], path)  # [out, in]
+            b = _const(model, graph, ins[2], path) if len(ins) > 2 and ins[2] >= 0 else np.zeros(w.shape[0], np.float32)
+            layers.append(Dense(f"dense{len(layers) + 1}", np.ascontiguousarray(w.T), b, act,
+                                [_name(graph.Tensors(ins[1]))]))
+        elif c == ops.RELU and layers and layers[-1].activation == "linear":
+            layers[-1].activation = "relu"
+        elif c == ops.SOFTMAX and i == graph.OperatorsLength() - 1:
+            pass  # left to the host, as logits_layer(..., softmax, cpu)
+        else:
+            raise PipelineError(f"{path}: op {i} ({names.get(c, c)}) is not supported; "
+                                "supported: RESHAPE, FULLY_CONNECTED (+RELU), trailing SOFTMAX")
+        current = outs[0]
+    if not layers:
+        raise PipelineError(f"{path}: no FULLY_CONNECTED layer found")
+    features = int(np.prod(in_shape[1:]))
+    for layer in layers:
+        if layer.kernel.shape[0] != features:
+            raise PipelineError(f"{path}: {layer.name} expects {layer.kernel.shape[0]} inputs, gets {features}")
+        features = layer.kernel.shape[1]
+    return Network(net_name, tuple(in_shape[1:]), layers, _name(in_t).split(":")[0] or "input")

@@ -1,0 +1,25 @@
+"""Stage parse: translate models/float/model.tflite into models/mnist.har (state hailo_model).
+
+    python -m stages.parse
+"""
+
+import logging
+
+from hailopipe import backends, params
+from hailopipe.errors import run_main
+
+log = logging.getLogger("stages.parse")
+MODEL, OUT = "models/float/model.tflite", "models/mnist.har"
+
+
+def main() -> None:
+    p = params.load()
+    backend = backends.get(p.backend())
+    net_name = p.str("parse.net_name", r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+    summary = backend.parse(MODEL, OUT, net_name, p.hw_arch())
+    log.info("parse: %s -> %s (%s backend, %s): %s; %d params", MODEL, OUT, p.backend(), p.hw_arch(),
+             ", ".join(summary["layers"]), summary["params"])
+
+
+if __name__ == "__main__":
+    run_main(main)

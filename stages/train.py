@@ -1,0 +1,38 @@
+"""Stage train: train the Keras Dense classifier and export model.h5 and model.tflite.
+
+    python -m stages.train           # reads params.yaml `train`, data/mnist.npz; writes models/float/
+"""
+
+import logging
+
+from hailopipe import data, params
+from hailopipe.errors import run_main
+
+log = logging.getLogger("stages.train")
+DATA, OUT_DIR, LIVE_DIR = "data/mnist.npz", "models/float", "metrics/train"
+
+
+def main() -> None:
+    p = params.load()
+    from hailopipe import model
+
+    cfg = model.TrainConfig(
+        hidden=tuple(p.int_list("train.hidden", lo=1, hi=8192)),
+        activation=p.choice("train.activation", ("relu",)),
+        dropout=p.float("train.dropout", 0.0, 0.9),
+        epochs=p.int("train.epochs", 1, 1000),
+        batch_size=p.int("train.batch_size", 1, 60000),
+        learning_rate=p.float("train.learning_rate", 1e-7, 10.0),
+        seed=p.int("train.seed", 0, 2**31 - 1))
+    arrays = data.load_split(DATA)
+    log.info("train: %s on %d images, %d epochs, batch %d", "-".join(map(str, (784, *cfg.hidden, 10))),
+             len(arrays["y_train"]), cfg.epochs, cfg.batch_size)
+    net, final = model.train(cfg, data.to_float(arrays["x_train"]), arrays["y_train"],
+                             data.to_float(arrays["x_val"]), arrays["y_val"], live_dir=LIVE_DIR)
+    paths = model.export(net, OUT_DIR)
+    log.info("train: val_accuracy %.4f; wrote %s, %s", final.get("val_accuracy", float("nan")),
+             paths["h5"], paths["tflite"])
+
+
+if __name__ == "__main__":
+    run_main(main)
