@@ -13,6 +13,8 @@ module that imports TensorFlow/Keras, and only inside its functions.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 from dataclasses import dataclass
@@ -107,7 +109,8 @@ def tflite_bytes(model) -> bytes:
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    return converter.convert()
+    with contextlib.redirect_stdout(io.StringIO()):  # the converter prints its whole signature
+        return converter.convert()
 
 
 def export(model, out_dir: str | os.PathLike) -> dict[str, str]:

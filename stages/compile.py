@@ -19,7 +19,7 @@ def main() -> None:
     backend = backends.get(p.backend())
     report = backend.compile(HAR, OUT, p.hw_arch())
     write_json(REPORT, report)
-    log.info("compile: wrote %s (%d bytes) for %s; %d MACs, %d weight bytes per image", OUT,
+    log.info("compile: wrote %s (%d bytes) for %s; %d MACs per image, %d bytes of weights", OUT,
              os.path.getsize(OUT), p.hw_arch(), report["total"]["macs"], report["total"]["weight_bytes"])
 
 
