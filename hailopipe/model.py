@@ -119,7 +119,7 @@ def export(model, out_dir: str | os.PathLike) -> dict[str, str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     h5 = out_dir / "model.h5"
     tmp = out_dir / ".model.h5.tmp.h5"
-    model.save(tmp)
+    model.save(tmp, include_optimizer=False)  # a deployable model; optimizer state is not needed
     os.replace(tmp, h5)
     tfl = out_dir / "model.tflite"
     write_bytes(tfl, tflite_bytes(model))

@@ -1,9 +1,15 @@
 """Stage optimize: calibrate on the first `calibration.size` validation images, quantize to int8.
 
-    python -m stages.optimize        # models/mnist.har -> models/mnist_quantized.har
+    python -m stages.optimize [--calibration-size N]   # models/mnist.har -> models/mnist_quantized.har
+
+dvc.yaml passes `--calibration-size ${calibration.size}` (see the note there); without the option
+the value is read from params.yaml.
 """
 
+import argparse
 import logging
+
+import yaml
 
 from hailopipe import backends, data, params
 from hailopipe.errors import run_main
@@ -18,6 +24,11 @@ def main() -> None:
     backend = backends.get(p.backend())
     arrays = data.load_split(DATA)
     n_val = len(arrays["y_val"])
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--calibration-size", default=None, help="overrides params.yaml calibration.size")
+    given = parser.parse_args().calibration_size
+    if given is not None:  # parsed like a YAML value, then checked like one from params.yaml
+        p.data.setdefault("calibration", {})["size"] = yaml.safe_load(given)
     size = p.int("calibration.size", 1, n_val)
     precision = p.mapping("optimize.precision")
     cfg = OptimizeConfig(calib_size=size,

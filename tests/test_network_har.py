@@ -1,0 +1,145 @@
+"""HN conversion and the HAR archive: round trips, byte stability, and refusal of broken archives."""
+
+import copy
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+
+from hailopipe import har, network
+from hailopipe.errors import PipelineError
+
+
+def test_hn_layout(small_net):
+    hn = network.to_hn(small_net)
+    assert hn["net_params"]["output_layers_order"] == ["net/output_layer1"]
+    layers = hn["layers"]
+    assert layers["net/input_layer1"]["type"] == "input_layer"
+    assert layers["net/input_layer1"]["output_shapes"] == [[-1, 28, 28, 1]]
+    assert layers["net/dense1"]["params"]["kernel_shape"] == [784, 32]
+    assert layers["net/dense1"]["params"]["activation"] == "relu"
+    assert layers["net/dense3"]["output_shapes"] == [[-1, 1, 1, 10]]
+    assert layers["net/output_layer1"]["input"] == ["net/dense3"]
+
+
+def test_hn_round_trip(small_net):
+    back = network.from_hn(network.to_hn(small_net), small_net.params())
+    assert [l.name for l in back.layers] == [l.name for l in small_net.layers]
+    for a, b in zip(back.layers, small_net.layers):
+        assert (a.kernel == b.kernel).all() and (a.bias == b.bias).all() and a.activation == b.activation
+
+
+def _broken(small_net, edit):
+    hn = copy.deepcopy(network.to_hn(small_net))
+    params = dict(small_net.params())
+    edit(hn, params)
+    with pytest.raises(PipelineError) as err:
+        network.from_hn(hn, params, "x.hn")
+    return str(err.value)
+
+
+def test_hn_refuses_cycles(small_net):
+    def edit(hn, p):
+        hn["layers"]["net/dense2"]["output"] = ["net/dense1"]
+        hn["layers"]["net/dense1"]["input"] = ["net/dense2"]
+    assert "x.hn" in _broken(small_net, edit)
+
+
+@pytest.mark.parametrize("edit,words", [
+    (lambda hn, p: hn["layers"]["net/dense2"].update(type="conv"), "unsupported type"),
+    (lambda hn, p: hn["layers"]["net/dense2"]["params"].update(activation="swish"), "activation"),
+    (lambda hn, p: p.update({"net/dense2/kernel:0": np.zeros((31, 16), np.float32)}), "kernel shape"),
+    (lambda hn, p: p.__setitem__("net/dense1/bias:0", np.full(32, np.nan, np.float32)), "NaN"),
+    (lambda hn, p: p.pop("net/dense3/bias:0"), "missing"),
+    (lambda hn, p: hn["layers"].pop("net/output_layer1"), "unknown layer"),
+    (lambda hn, p: hn["layers"]["net/input_layer1"].update(output_shapes=[[1, 28, 28]]), "shape"),
+])
+def test_hn_refuses_broken_graphs(small_net, edit, words):
+    assert words in _broken(small_net, edit)
+
+
+def test_har_round_trip_and_bytes_are_stable(tmp_path, small_net, fitted_net, fitted_qnet):
+    a, b = tmp_path / "a.har", tmp_path / "b.har"
+    h = har.Har("quantized_model", fitted_net, fitted_qnet, {"hw_arch": "hailo8"})
+    har.save(h, a)
+    har.save(h, b)
+    assert a.read_bytes() == b.read_bytes()
+    with tarfile.open(a) as tar:
+        members = tar.getmembers()
+    assert [m.name for m in members] == ["net.metadata.json", "net.hn", "net.npz", "net.q.npz"]
+    assert all(m.mtime == 0 and m.uid == 0 and m.uname == "" for m in members)
+    back = har.load(a, expect_state="quantized_model")
+    assert back.metadata["state"] == "quantized_model" and back.metadata["emulated"] is True
+    for x, y in zip(back.qnet.layers, fitted_qnet.layers):
+        assert (x.kernel == y.kernel).all() and (x.m0 == y.m0).all() and x.out_zp == y.out_zp
+
+
+def test_har_wrong_state(tmp_path, small_net):
+    p = tmp_path / "m.har"
+    har.save(har.Har("hailo_model", small_net), p)
+    with pytest.raises(PipelineError, match="state 'hailo_model', expected 'quantized_model'"):
+        har.load(p, expect_state="quantized_model")
+
+
+def _tar_with(path, entries):
+    with tarfile.open(path, "w") as tar:
+        for info, data in entries:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "dotdot", "absolute", "duplicate", "hugesize"])
+def test_har_refuses_unsafe_members(tmp_path, kind):
+    p = tmp_path / "evil.har"
+    info = tarfile.TarInfo("net.metadata.json")
+    data = json.dumps({"state": "hailo_model"}).encode()
+    info.size = len(data)
+    entries = [(info, data)]
+    if kind == "symlink":
+        link = tarfile.TarInfo("net.hn")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        entries.append((link, None))
+    elif kind in ("dotdot", "absolute"):
+        bad = tarfile.TarInfo("../x.hn" if kind == "dotdot" else "/tmp/x.hn")
+        bad.size = 2
+        entries.append((bad, b"{}"))
+    elif kind == "duplicate":
+        entries.append((info, data))
+    _tar_with(p, entries)
+    if kind == "hugesize":
+        raw = bytearray(p.read_bytes())
+        raw[124:136] = b"77777777777\0"  # declared size 8 GiB
+        raw[148:156] = b"        "
+        raw[148:154] = f"{sum(raw[:512]):06o}".encode()
+        p.write_bytes(bytes(raw))
+    with pytest.raises(PipelineError) as err:
+        har.read_members(p)
+    assert str(p) in str(err.value)
+    assert not (tmp_path.parent / "x.hn").exists()
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.01, 0.05, 0.5, 0.9])
+def test_har_truncated(tmp_path, small_net, fraction):
+    p = tmp_path / "m.har"
+    har.save(har.Har("hailo_model", small_net), p)
+    raw = p.read_bytes()
+    p.write_bytes(raw[:int(len(raw) * fraction)])
+    with pytest.raises(PipelineError, match=str(p)):
+        har.load(p)
+
+
+def test_har_npz_with_pickled_object_is_refused(tmp_path, small_net):
+    p = tmp_path / "m.har"
+    har.save(har.Har("hailo_model", small_net), p)
+    members = har.read_members(p)
+    buf = io.BytesIO()
+    np.savez(buf, **{"net/dense1/kernel:0": np.array([object()], dtype=object)})
+    members["net.npz"] = buf.getvalue()
+    with tarfile.open(p, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(PipelineError, match="net.npz"):
+        har.load(p)

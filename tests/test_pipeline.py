@@ -1,0 +1,149 @@
+"""End to end: the DVC pipeline on reduced params in a temporary copy of the repo.
+
+Checks that `dvc repro` builds every artefact, that a second run does nothing, that changing
+`calibration.size` re-runs only optimize/compile/evaluate and a layer size re-runs from train on,
+that `dvc exp run -S` works, and that bad input stops a stage with one clear line.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, SHARED
+
+MNIST = SHARED / "mnist.npz"
+pytestmark = pytest.mark.skipif(not (MNIST.exists() or os.environ.get("MNIST_NPZ")),
+                                reason="needs the real MNIST file (../shared/data/mnist.npz or $MNIST_NPZ)")
+
+
+def run(repo, *cmd, check=True):
+    env = dict(os.environ, MNIST_NPZ=os.environ.get("MNIST_NPZ", str(MNIST)),
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@example.com", PYTHONPATH="")
+    bindir = os.path.dirname(sys.executable)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    p = subprocess.run(list(cmd), cwd=repo, env=env, capture_output=True, text=True)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def ran_stages(p) -> set[str]:
+    return set(re.findall(r"Running stage '(\w+)'", p.stdout + p.stderr))
+
+
+def set_params(repo, **changes):
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for key, value in changes.items():
+        section, name = key.split("__")
+        params[section][name] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    dest = tmp_path_factory.mktemp("pipeline") / "repo"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for f in files:
+        if f.startswith(("metrics/", "tests/")) or f == "dvc.lock" or not (ROOT / f).is_file():
+            continue
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, dest / f)
+    set_params(dest, train__hidden=[32, 16], train__epochs=1, train__batch_size=256, calibration__size=200)
+    run(dest, "git", "init", "-q")
+    run(dest, "git", "add", "-A")
+    run(dest, "git", "commit", "-qm", "init")
+    return dest
+
+
+def test_full_run_builds_everything(repo):
+    p = run(repo, "dvc", "repro")
+    assert ran_stages(p) == {"data", "train", "parse", "optimize", "compile", "evaluate"}
+    for out in ("data/mnist.npz", "models/float/model.tflite", "models/float/model.h5", "models/mnist.har",
+                "models/mnist_quantized.har", "models/mnist.hef", "metrics/compile.json", "metrics/predictions.csv"):
+        assert (repo / out).is_file(), out
+    m = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert m["images"] == 10000
+    for kind in ("float", "quantized", "compiled"):
+        assert 0.8 < m[kind]["accuracy"] <= 1.0
+    assert m["compiled"]["disagree_with_quantized"] == 0
+    assert m["parse"]["max_abs_logit_diff"] < 1e-3
+    assert "error" not in p.stderr.lower()
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "run")
+
+
+def test_second_repro_does_nothing(repo):
+    lock = (repo / "dvc.lock").read_text()
+    p = run(repo, "dvc", "repro")
+    assert ran_stages(p) == set()
+    assert (repo / "dvc.lock").read_text() == lock
+
+
+def test_calibration_change_reruns_only_the_tail(repo):
+    set_params(repo, calibration__size=100)
+    p = run(repo, "dvc", "repro")
+    assert ran_stages(p) == {"optimize", "compile", "evaluate"}
+
+
+def test_layer_size_change_reruns_from_train(repo):
+    set_params(repo, train__hidden=[24, 16])
+    p = run(repo, "dvc", "repro")
+    assert ran_stages(p) == {"train", "parse", "optimize", "compile", "evaluate"}
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "smaller")
+
+
+def test_experiment_run_show_and_metrics_diff(repo):
+    p = run(repo, "dvc", "exp", "run", "-S", "calibration.size=50")
+    assert ran_stages(p) == {"optimize", "compile", "evaluate"}
+    show = run(repo, "dvc", "exp", "show", "--json").stdout
+    assert '"size": 50' in show.replace(" ", "").replace('"size":50', '"size": 50')
+    diff = run(repo, "dvc", "metrics", "diff", "--all").stdout
+    assert "metrics/evaluate.json" in diff and "compiled.accuracy" in diff
+    params_diff = run(repo, "dvc", "params", "diff").stdout
+    assert "calibration.size" in params_diff and "50" in params_diff
+
+
+def test_bad_param_stops_with_one_line(repo):
+    set_params(repo, calibration__size=0)
+    p = run(repo, "dvc", "repro", check=False)
+    assert p.returncode != 0
+    assert "params.yaml: calibration.size must be between 1 and 10000, got 0" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not (repo / "models/mnist_quantized.har").exists()
+    set_params(repo, calibration__size=100)
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage" * 100])
+def test_corrupt_har_stops_optimize(repo, content):
+    run(repo, "dvc", "repro", "parse")
+    har = repo / "models/mnist.har"
+    good = har.read_bytes()
+    har.chmod(0o644)
+    har.write_bytes(content)
+    try:
+        p = run(repo, sys.executable, "-m", "stages.optimize", check=False)
+        assert p.returncode == 1
+        lines = [l for l in p.stderr.splitlines() if l.strip()]
+        assert lines[-1].startswith("error: models/mnist.har:") and "Traceback" not in p.stderr
+    finally:
+        har.write_bytes(good)
+
+
+def test_unknown_backend(repo):
+    text = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(text.replace("backend: emulator", "backend: tpu"))
+    try:
+        p = run(repo, sys.executable, "-m", "stages.compile", check=False)
+        assert p.returncode == 1 and "backend must be one of emulator, hailo, got 'tpu'" in p.stderr
+    finally:
+        (repo / "params.yaml").write_text(text)
