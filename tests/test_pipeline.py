@@ -59,6 +59,8 @@ def repo(tmp_path_factory):
         shutil.copy2(ROOT / f, dest / f)
     set_params(dest, train__hidden=[32, 16], train__epochs=1, train__batch_size=256, calibration__size=200)
     run(dest, "git", "init", "-q")
+    run(dest, "git", "config", "user.name", "test")
+    run(dest, "git", "config", "user.email", "test@example.com")
     run(dest, "git", "add", "-A")
     run(dest, "git", "commit", "-qm", "init")
     return dest
