@@ -14,7 +14,6 @@ import os
 
 import numpy as np
 
-from hailopipe import har, network
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +43,10 @@ def confusion(pred: np.ndarray, labels: np.ndarray, classes: int = 10) -> np.nda
 
 def evaluate(backend, tflite_path, har_path, qhar_path, hef_path, x: np.ndarray, y: np.ndarray) -> tuple[dict, np.ndarray]:
     """Metrics dict and the compiled model's predictions."""
+    c = backend.infer_compiled(hef_path, x)  # first: without a device (hailo backend) fail before the rest
     fl = tflite_logits(tflite_path, x)
-    har_fl = network.forward(har.load(har_path, expect_state="hailo_model").net, x)
+    har_fl = backend.infer_native(har_path, x)
     q = backend.infer_quantized(qhar_path, x)
-    c = backend.infer_compiled(hef_path, x)
     pred = c.argmax(axis=1)
     metrics = {
         "float": {"accuracy": accuracy(fl, y)},
@@ -58,8 +57,8 @@ def evaluate(backend, tflite_path, har_path, qhar_path, hef_path, x: np.ndarray,
         "parse": {"max_abs_logit_diff": float(np.abs(har_fl - fl).max())},
         "images": int(len(y)),
         "confusion": confusion(pred, y).tolist(),
-        "size_bytes": {os.path.basename(str(p)): os.path.getsize(p)
-                       for p in (tflite_path, har_path, qhar_path, hef_path)},
+        "size_bytes": {name: os.path.getsize(p) for name, p in
+                       (("tflite", tflite_path), ("har", har_path), ("quantized_har", qhar_path), ("compiled", hef_path))},
     }
     metrics["compiled"]["drop_vs_float_pp"] = round(100 * (metrics["float"]["accuracy"] - metrics["compiled"]["accuracy"]), 4)
     return metrics, pred

@@ -7,6 +7,12 @@
 - `load_npz(path_or_bytes)`: `allow_pickle=False`, member names and sizes checked, errors as
   PipelineError naming the file.
 - `write_json`: sorted keys, fixed indentation, trailing newline, atomic.
+- `open_regular(path, what)` / `read_limited(path, max_bytes, what)`: the readers' way in.  Only a
+  regular file is opened (a FIFO would block, /dev/zero never ends) and a size limit is checked
+  before a byte is read; every problem is a PipelineError naming the file.
+
+Every size a file declares (an .npz member, a .npy shape) is checked against the bytes the file
+really holds before anything is allocated, so a small hostile file cannot claim gigabytes.
 """
 
 from __future__ import annotations
@@ -15,8 +21,11 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
+import stat
 import tempfile
+import tokenize
 import zipfile
 from pathlib import Path
 from typing import IO, Iterator, Mapping
@@ -27,6 +36,7 @@ from hailopipe.errors import PipelineError
 
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 MAX_NPZ_BYTES = 1 << 31  # refuse archives that declare more than 2 GiB of arrays
+MAX_INFLATION = 100  # ... or more than 100x their own size (+1 MiB): a decompression bomb
 
 
 @contextlib.contextmanager
@@ -61,13 +71,41 @@ def write_json(path: str | os.PathLike, obj) -> None:
     write_bytes(path, json_bytes(obj))
 
 
-def read_json(path: str | os.PathLike) -> dict:
-    try:
-        with open(path, "rb") as f:
-            return json.loads(f.read())
+def open_regular(path: str | os.PathLike, what: str = "file") -> IO[bytes]:
+    """Open `path` for binary reading if it is a regular file; otherwise a PipelineError naming it."""
+    try:  # O_NONBLOCK: opening a FIFO must not wait for a writer; it has no effect on regular files
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise PipelineError(f"{path}: file not found") from None
-    except (ValueError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot open ({exc.strerror or exc})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a device, FIFO or socket)"
+        raise PipelineError(f"{path}: is {kind}, not a {what}")
+    return os.fdopen(fd, "rb")
+
+
+def read_limited(path: str | os.PathLike, max_bytes: int, what: str = "file") -> bytes:
+    """The bytes of the regular file `path`, refusing it before reading if it exceeds `max_bytes`."""
+    with open_regular(path, what) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > max_bytes:
+            raise PipelineError(f"{path}: {size} bytes is too large for a {what} (limit {max_bytes})")
+        try:
+            data = f.read(size + 1)
+        except OSError as exc:
+            raise PipelineError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if len(data) > size:
+        raise PipelineError(f"{path}: grew while being read")
+    return data
+
+
+def read_json(path: str | os.PathLike, max_bytes: int = 64 << 20) -> dict:
+    try:
+        return json.loads(read_limited(path, max_bytes, "JSON file"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise PipelineError(f"{path}: not valid JSON ({exc})") from None
 
 
@@ -96,22 +134,51 @@ def save_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
     write_bytes(path, npz_bytes(arrays))
 
 
+def _read_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo, label: str) -> np.ndarray:
+    """One .npy member; the size its header declares is checked against the member's before allocating."""
+    if not info.filename.endswith(".npy"):
+        raise PipelineError(f"{label}: member {info.filename!r} is not a .npy array")
+    with zf.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        if version not in ((1, 0), (2, 0)):
+            raise PipelineError(f"{label}: {info.filename}: unsupported .npy format version {version}")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(member)
+        if dtype.hasobject:
+            raise PipelineError(f"{label}: {info.filename} holds Python objects (pickle), which are refused")
+        count = math.prod(shape)
+        if count * dtype.itemsize > info.file_size:
+            raise PipelineError(f"{label}: {info.filename} declares {count * dtype.itemsize} bytes of data "
+                                f"but the member holds {info.file_size}")
+        buf = bytearray(count * dtype.itemsize)
+        if member.readinto(buf) != len(buf):
+            raise PipelineError(f"{label}: {info.filename} is truncated")
+    array = np.frombuffer(buf, dtype, count)
+    return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+
+
 def load_npz(source: str | os.PathLike | bytes, name: str | None = None) -> dict[str, np.ndarray]:
     """Read every array of an .npz into memory; any problem is a PipelineError naming `name`."""
     label = name or str(source)
-    fileobj = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        with zipfile.ZipFile(fileobj) as zf:
-            total = sum(i.file_size for i in zf.infolist())
-            if total > MAX_NPZ_BYTES:
-                raise PipelineError(f"{label}: declares {total} bytes of arrays, more than allowed")
-        if isinstance(fileobj, io.BytesIO):
-            fileobj.seek(0)
-        with np.load(fileobj, allow_pickle=False) as npz:
-            return {key: npz[key] for key in npz.files}
+        with (io.BytesIO(source) if isinstance(source, bytes) else open_regular(source, ".npz file")) as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(0)
+            with zipfile.ZipFile(f) as zf:
+                infos = zf.infolist()
+                total = sum(i.file_size for i in infos)
+                if total > min(MAX_NPZ_BYTES, MAX_INFLATION * size + (1 << 20)):
+                    raise PipelineError(f"{label}: declares {total} bytes of arrays in a {size}-byte file, "
+                                        "more than allowed")
+                arrays = {}
+                for info in infos:
+                    key = info.filename[:-len(".npy")]
+                    if key in arrays:
+                        raise PipelineError(f"{label}: member {info.filename!r} appears twice")
+                    arrays[key] = _read_npy(zf, info, label)
+                return arrays
     except PipelineError:
         raise
-    except FileNotFoundError:
-        raise PipelineError(f"{label}: file not found") from None
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
-        raise PipelineError(f"{label}: not a readable .npz ({exc})") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, KeyError, NotImplementedError,
+            tokenize.TokenError) as exc:
+        raise PipelineError(f"{label}: not a readable .npz ({type(exc).__name__}: {exc})") from None

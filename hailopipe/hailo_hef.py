@@ -270,11 +270,11 @@ def _read_bytes(path: Path, max_bytes: int) -> bytes:
         if size > max_bytes:
             raise HefFormatError(f"{path}: file is {size} bytes, more than the {max_bytes}-byte limit")
         with open(path, "rb") as fh:
-            data = fh.read(max_bytes + 1)
+            data = fh.read(size + 1)  # not max_bytes + 1: read(n) allocates n bytes up front
     except OSError as exc:
         raise HefFormatError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    if len(data) > max_bytes:
-        raise HefFormatError(f"{path}: file grew past the {max_bytes}-byte limit while reading")
+    if len(data) > size:
+        raise HefFormatError(f"{path}: file grew while being read")
     return data
 
 

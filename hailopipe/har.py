@@ -1,7 +1,8 @@
 """HAR (Hailo ARchive) files: a tar of `<net>.metadata.json`, `<net>.hn`, `<net>.npz` [, `<net>.q.npz`].
 
 Layout as in Hailo's SDK (reference §2): the metadata's `state` is `hailo_model` after parsing and
-`quantized_model` after optimization; the HN is the graph JSON (see `network`); the .npz holds the
+`quantized_model` after optimization and `compiled_model` after compilation (then it also holds
+the compiled file as `<net>.hef`); the HN is the graph JSON (see `network`); the .npz holds the
 float params and the .q.npz the quantized ones (see `qnetwork`).  This emulator also records
 `emulated: true`, the target `hw_arch` and, after optimization, the equivalent Hailo model script.
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 
 from hailopipe import __version__, network, qnetwork
 from hailopipe.errors import PipelineError
-from hailopipe.fileio import json_bytes, load_npz, npz_bytes, write_bytes
+from hailopipe.fileio import json_bytes, load_npz, npz_bytes, open_regular, write_bytes
 
 STATES = ("hailo_model", "fp_optimized_model", "quantized_model", "compiled_model")
 SDK_VERSION = f"hailopipe-emulator {__version__}"
@@ -34,6 +35,7 @@ class Har:
     net: network.Network
     qnet: qnetwork.QNetwork | None = None
     metadata: dict = field(default_factory=dict)
+    hef: bytes | None = None  # a compiled HAR also carries the compiled file, as `<net>.hef`
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -53,6 +55,8 @@ def har_bytes(har: Har) -> bytes:
                (f"{name}.npz", npz_bytes(har.net.params()))]
     if har.qnet is not None:
         members.append((f"{name}.q.npz", npz_bytes(qnetwork.to_arrays(har.qnet))))
+    if har.hef is not None:
+        members.append((f"{name}.hef", bytes(har.hef)))
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for member_name, data in members:
@@ -72,7 +76,8 @@ def read_members(path: str | os.PathLike) -> dict[str, bytes]:
     """The members of a HAR as {name: bytes}, refusing anything unsafe or unexpected."""
     members: dict[str, bytes] = {}
     try:
-        with tarfile.open(path, mode="r:") as tar:
+        with open_regular(path, "HAR file") as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
+            size = os.fstat(fh.fileno()).st_size
             for info in tar:
                 if len(members) >= MAX_MEMBERS:
                     raise PipelineError(f"{path}: more than {MAX_MEMBERS} members; not a HAR")
@@ -82,6 +87,8 @@ def read_members(path: str | os.PathLike) -> dict[str, bytes]:
                     raise PipelineError(f"{path}: member name {info.name!r} is not a plain file name")
                 if info.size > MAX_MEMBER_BYTES:
                     raise PipelineError(f"{path}: member {info.name!r} declares {info.size} bytes, too large")
+                if info.offset_data + info.size > size:  # checked before reading allocates `size` bytes
+                    raise PipelineError(f"{path}: member {info.name!r} is truncated")
                 if info.name in members:
                     raise PipelineError(f"{path}: member {info.name!r} appears twice")
                 f = tar.extractfile(info)
@@ -89,11 +96,7 @@ def read_members(path: str | os.PathLike) -> dict[str, bytes]:
                 if len(data) != info.size:
                     raise PipelineError(f"{path}: member {info.name!r} is truncated")
                 members[info.name] = data
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise PipelineError(f"{path}: is a directory, not a HAR file") from None
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    except (tarfile.TarError, EOFError, OSError, UnicodeError) as exc:
         raise PipelineError(f"{path}: not a readable HAR (tar) file ({exc})") from None
     if not members:
         raise PipelineError(f"{path}: empty archive; not a HAR")
@@ -110,7 +113,7 @@ def load(path: str | os.PathLike, expect_state: str | None = None) -> Har:
     try:
         meta = json.loads(members[metas[0]])
         hn = json.loads(members[f"{name}.hn"]) if f"{name}.hn" in members else None
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise PipelineError(f"{path}: metadata or HN is not valid JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("state") not in STATES:
         raise PipelineError(f"{path}: metadata has no known 'state' (one of {', '.join(STATES)})")
@@ -129,4 +132,4 @@ def load(path: str | os.PathLike, expect_state: str | None = None) -> Har:
             raise PipelineError(f"{path}: state {state} but {name}.q.npz is missing")
         qarrays = load_npz(members[f"{name}.q.npz"], f"{path}:{name}.q.npz")
         qnet = qnetwork.from_arrays(qarrays, net, f"{path}:{name}.q.npz")
-    return Har(state, net, qnet, meta)
+    return Har(state, net, qnet, meta, members.get(f"{name}.hef"))

@@ -32,6 +32,7 @@ import numpy as np
 
 from hailopipe import __version__, qnetwork
 from hailopipe.errors import PipelineError
+from hailopipe.fileio import read_limited
 from hailopipe.network import Dense, Network
 from hailopipe.qnetwork import QNetwork
 
@@ -125,16 +126,7 @@ def compile_network(q: QNetwork, hw_arch: str) -> bytes:
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
-    try:
-        size = os.path.getsize(path)
-        if size > MAX_BYTES:
-            raise PipelineError(f"{path}: {size} bytes is too large for a compiled model")
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise PipelineError(f"{path}: is a directory, not a compiled model") from None
+    return read_limited(path, MAX_BYTES, "compiled model")
 
 
 def load(source: str | os.PathLike | bytes, name: str | None = None) -> CompiledModel:
@@ -185,6 +177,7 @@ def load(source: str | os.PathLike | bytes, name: str | None = None) -> Compiled
             raise PipelineError(f"{label}: stream infos disagree with the quantized params")
     except PipelineError:
         raise
-    except (KeyError, TypeError, ValueError, struct.error, UnicodeDecodeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError, struct.error,
+            UnicodeDecodeError) as exc:
         raise PipelineError(f"{label}: malformed compiled-model description ({type(exc).__name__}: {exc})") from None
     return CompiledModel(label, meta, qnet)

@@ -15,6 +15,7 @@ unknown layer types, shape mismatches and non-finite weights are reported as Pip
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -115,6 +116,13 @@ def _shape(value, where: str) -> list[int]:
     return value[0]
 
 
+def _names(layer: dict, where: str) -> list[str]:
+    value = layer.get("original_names", [])
+    _expect(isinstance(value, list) and all(isinstance(n, str) for n in value), where,
+            f"'original_names' must be a list of strings, got {value!r}"[:200])
+    return list(value)
+
+
 def from_hn(hn: dict, params: dict[str, np.ndarray], source: str = "HN") -> Network:
     """Rebuild a Network from an HN dict and its float params, checking everything it relies on."""
     _expect(isinstance(hn, dict), source, "HN must be a JSON object")
@@ -149,7 +157,8 @@ def from_hn(hn: dict, params: dict[str, np.ndarray], source: str = "HN") -> Netw
     _expect(len(seen) == len(layers), source, f"{len(layers) - len(seen)} layer(s) not connected to the chain")
     _expect(len(chain) >= 3, source, "the graph has no dense layer")
     in_shape = _shape(layers[chain[0]].get("output_shapes"), f"{source}: {chain[0]}")
-    features = int(np.prod(in_shape[1:]))
+    features = math.prod(in_shape[1:])
+    input_names = _names(layers[chain[0]], f"{source}: {chain[0]}")
     dense: list[Dense] = []
     for lname in chain[1:-1]:
         layer = layers[lname]
@@ -161,7 +170,7 @@ def from_hn(hn: dict, params: dict[str, np.ndarray], source: str = "HN") -> Netw
         act = p.get("activation")
         _expect(act in ACTIVATIONS, where, f"unsupported activation {act!r} (supported: {', '.join(ACTIVATIONS)})")
         out_shape = _shape(layer.get("output_shapes"), where)
-        units = int(np.prod(out_shape[1:]))
+        units = math.prod(out_shape[1:])
         kernel, bias = params.get(f"{lname}/kernel:0"), params.get(f"{lname}/bias:0")
         _expect(kernel is not None and bias is not None, where, "kernel:0 or bias:0 missing from the params")
         _expect(kernel.dtype == np.float32 and bias.dtype == np.float32, where, "params must be float32")
@@ -170,7 +179,6 @@ def from_hn(hn: dict, params: dict[str, np.ndarray], source: str = "HN") -> Netw
         _expect(bias.shape == (units,), where, f"bias shape {list(bias.shape)} != [{units}]")
         _expect(p.get("kernel_shape") == [features, units], where, "params.kernel_shape disagrees with the kernel")
         _expect(bool(np.isfinite(kernel).all() and np.isfinite(bias).all()), where, "weights contain NaN or inf")
-        dense.append(Dense(lname.split("/", 1)[1], kernel, bias, act, list(layer.get("original_names", []))))
+        dense.append(Dense(lname.split("/", 1)[1], kernel, bias, act, _names(layer, where)))
         features = units
-    return Network(name, tuple(in_shape[1:]), dense,
-                   (layers[chain[0]].get("original_names") or ["input"])[0])
+    return Network(name, tuple(in_shape[1:]), dense, (input_names or ["input"])[0])

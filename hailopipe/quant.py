@@ -51,6 +51,36 @@ lo = 0 and z_y = qmin, so the clamp alone implements it.
 
 Precision modes (Hailo's `precision_mode`): `a8_w8` (default) and `a16_w16`, i.e. the activation
 bits a layer *outputs* and its weight bits; a layer's input bits are its producer's output bits.
+
+Choosing the calibrated range [lo, hi] of an activation (`minmax_range`, `percentile_range`, `mse_range`)
+-------------------------------------------------------------------------------------------------------
+(2) turns a range into a step `scale`; a value r outside [lo, hi] is clamped.  The error of the
+fake-quantized value  fq(r) = dequantize(quantize(r))  has two parts: rounding, at most scale/2 for
+every r inside the range (variance ~ scale^2 / 12), and clamping, |r| - |end| for r outside.  Over a
+set of observed values {r_i}:
+
+    minmax:      [lo, hi] = [min r_i, max r_i]: no clamping; the step is set by the extreme values.
+    percentile:  [lo, hi] = the p_lo-th and p_hi-th percentiles of {r_i} (linear interpolation,
+                 numpy's default): a few outliers are clamped so the step for the rest is finer.
+    mse:         [lo, hi] = [a lo_mm, a hi_mm] for the a in {1/G, 2/G, ..., 1} (G = `MSE_GRID`
+                 candidates, lo_mm/hi_mm the min/max range) that minimises
+                     mean_i (fq_a(r_i) - r_i)^2,                                              (6)
+                 fq_a being (2) with that range, i.e. the best trade of rounding against clamping
+                 for the observed distribution (ties go to the widest range).
+
+Order-independent products (`exact_dot`)
+----------------------------------------
+Float matrix products depend on the order BLAS sums in (thread count, CPU kernel), in the last
+bits; a calibration statistic or a fine-tuned weight that lands near a rounding boundary then
+gives different bytes on another machine.  `exact_dot(a, b)` puts both operands on power-of-two
+fixed-point grids, a_int = round(a 2^s_a) and b_int = round(b 2^s_b) (an integer-valued b as it
+is), with K max|a_int| max|b_int| < 2^52 for the inner dimension K: every partial sum is then an
+integer that float64 holds exactly, the product is the same in any order, and
+
+    a @ b ~= (a_int @ b_int) 2^-(s_a + s_b),
+
+each float operand keeping at least (52 - log2 K) / 2 significant bits of its largest entry
+(21 bits for K = 784, float32 has 24): far below the quantization steps it feeds.
 """
 
 from __future__ import annotations
@@ -164,3 +194,56 @@ def requantize(acc: np.ndarray, m0: np.ndarray, e: np.ndarray, zero_point: int, 
 def fold_zero_point(q_b: np.ndarray, q_w: np.ndarray, z_x: int) -> np.ndarray:
     """The constant term of (3): q_b[c] - z_x * sum_k q_w[k, c], in int64."""
     return q_b.astype(np.int64) - np.int64(z_x) * q_w.astype(np.int64).sum(axis=0)
+
+
+MSE_GRID = 100
+
+
+def minmax_range(values: np.ndarray) -> tuple[float, float]:
+    """[min, max] of the observed values."""
+    v = np.asarray(values)
+    return float(v.min()), float(v.max())
+
+
+def percentile_range(values: np.ndarray, lo_pct: float, hi_pct: float) -> tuple[float, float]:
+    """The `lo_pct`-th and `hi_pct`-th percentiles (0..100) of the observed values."""
+    lo, hi = np.percentile(np.asarray(values, np.float64).ravel(), [lo_pct, hi_pct])
+    return float(lo), float(hi)
+
+
+def fake_quantize(values: np.ndarray, lo: float, hi: float, bits: int) -> np.ndarray:
+    """dequantize(quantize(r)) with the qparams (2) of [lo, hi]: what the integer format keeps of r."""
+    scale, zp = choose_qparams(lo, hi, bits)
+    return dequantize(quantize(values, scale, zp, bits), scale, zp)
+
+
+def mse_range(values: np.ndarray, bits: int, grid: int = MSE_GRID) -> tuple[float, float]:
+    """The range [a lo, a hi] minimising the mean squared error (6) of fake-quantizing `values`."""
+    v = np.asarray(values, np.float64).ravel()
+    lo, hi = minmax_range(v)
+    best, best_err = (lo, hi), np.inf
+    for a in np.arange(grid, 0, -1) / grid:
+        err = float(np.mean((fake_quantize(v, a * lo, a * hi, bits) - v) ** 2))
+        if err < best_err:
+            best, best_err = (float(a * lo), float(a * hi)), err
+    return best
+
+
+def _grid(v: np.ndarray, bits: int) -> tuple[np.ndarray, int]:
+    """(round(v 2^shift), shift) with every |entry| below 2^bits."""
+    vmax = float(np.abs(v).max(initial=0.0))
+    shift = bits - int(np.frexp(vmax)[1]) if vmax > 0 else 0  # vmax = m 2^e, m < 1: vmax 2^shift < 2^bits
+    return np.rint(np.ldexp(np.asarray(v, np.float64), shift)), shift
+
+
+def exact_dot(a: np.ndarray, b: np.ndarray, b_is_integer: bool = False) -> np.ndarray:
+    """a @ b on fixed-point grids, exact in float64 and so independent of summation order (see above)."""
+    room = 52 - int(np.frexp(max(1, a.shape[-1]))[1])  # K < 2^frexp(K)[1]
+    if b_is_integer:
+        b_int, s_b = np.asarray(b, np.float64), 0
+        b_bits = int(np.frexp(float(np.abs(b_int).max(initial=1.0)))[1])
+    else:
+        b_bits = room // 2
+        b_int, s_b = _grid(b, b_bits)
+    a_int, s_a = _grid(a, room - b_bits)
+    return np.ldexp(a_int @ b_int, -(s_a + s_b))

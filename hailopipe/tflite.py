@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from hailopipe.errors import PipelineError
+from hailopipe.fileio import read_limited
 from hailopipe.network import Dense, Network
 
 MAX_TFLITE_BYTES = 1 << 30
@@ -47,14 +48,7 @@ def _const(model, graph, index: int, path) -> np.ndarray:
 
 def read(path: str | os.PathLike, net_name: str) -> Network:
     """Parse the TFLite file at `path` into a Network named `net_name`."""
-    try:
-        size = os.path.getsize(path)
-        if size > MAX_TFLITE_BYTES:
-            raise PipelineError(f"{path}: {size} bytes is too large for a TFLite model")
-        with open(path, "rb") as f:
-            buf = f.read()
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: file not found") from None
+    buf = read_limited(path, MAX_TFLITE_BYTES, "TFLite model")
     if len(buf) < 8 or buf[4:8] != b"TFL3":
         raise PipelineError(f"{path}: not a TFLite file (no TFL3 identifier)")
     _schema()  # import errors are not file errors

@@ -68,7 +68,7 @@ def repo(tmp_path_factory):
 
 def test_full_run_builds_everything(repo):
     p = run(repo, "dvc", "repro")
-    assert ran_stages(p) == {"data", "train", "parse", "optimize", "compile", "evaluate"}
+    assert ran_stages(p) == {"data", "train", "parse", "optimize", "analyze_noise", "compile", "evaluate"}
     for out in ("data/mnist.npz", "models/float/model.tflite", "models/float/model.h5", "models/mnist.har",
                 "models/mnist_quantized.har", "models/mnist.hef", "metrics/compile.json", "metrics/predictions.csv"):
         assert (repo / out).is_file(), out
@@ -78,6 +78,10 @@ def test_full_run_builds_everything(repo):
         assert 0.8 < m[kind]["accuracy"] <= 1.0
     assert m["compiled"]["disagree_with_quantized"] == 0
     assert m["parse"]["max_abs_logit_diff"] < 1e-3
+    n = json.loads((repo / "metrics/noise.json").read_text())
+    assert n["images"] == 200 and set(n["layers"]) == {"dense1", "dense2", "dense3"}
+    assert 20 < n["output_snr_db"] < 80
+    assert (repo / "metrics/noise_snr.csv").read_text().startswith("layer,precision,snr_db,isolated_snr_db\n")
     assert "error" not in p.stderr.lower()
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "run")
@@ -93,24 +97,41 @@ def test_second_repro_does_nothing(repo):
 def test_calibration_change_reruns_only_the_tail(repo):
     set_params(repo, calibration__size=100)
     p = run(repo, "dvc", "repro")
-    assert ran_stages(p) == {"optimize", "compile", "evaluate"}
+    assert ran_stages(p) == {"optimize", "analyze_noise", "compile", "evaluate"}
+
+
+def test_noise_dataset_change_reruns_only_the_analysis(repo):
+    set_params(repo, noise__dataset="validation")
+    p = run(repo, "dvc", "repro")
+    assert ran_stages(p) == {"analyze_noise"}
+    assert json.loads((repo / "metrics/noise.json").read_text())["images"] == 10000
+    set_params(repo, noise__dataset="calibration")
+    assert ran_stages(run(repo, "dvc", "repro")) == {"analyze_noise"}
+
+
+def test_snr_plot_renders(repo):
+    shown = json.loads(run(repo, "dvc", "plots", "show", "--json").stdout)
+    snr = shown["data"]["Per-layer SNR, quantized vs float (dB)"][0]["content"]["data"]["values"]
+    assert [row["layer"] for row in snr] == ["dense1", "dense2", "dense3"]
+    assert not [e for e in shown.get("errors", []) if e["source"] != "metrics/calibration_sweep.csv"]
 
 
 def test_layer_size_change_reruns_from_train(repo):
     set_params(repo, train__hidden=[24, 16])
     p = run(repo, "dvc", "repro")
-    assert ran_stages(p) == {"train", "parse", "optimize", "compile", "evaluate"}
+    assert ran_stages(p) == {"train", "parse", "optimize", "analyze_noise", "compile", "evaluate"}
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "smaller")
 
 
 def test_experiment_run_show_and_metrics_diff(repo):
     p = run(repo, "dvc", "exp", "run", "-S", "calibration.size=50")
-    assert ran_stages(p) == {"optimize", "compile", "evaluate"}
+    assert ran_stages(p) == {"optimize", "analyze_noise", "compile", "evaluate"}
     show = run(repo, "dvc", "exp", "show", "--json").stdout
     assert '"size": 50' in show.replace(" ", "").replace('"size":50', '"size": 50')
     diff = run(repo, "dvc", "metrics", "diff", "--all").stdout
     assert "metrics/evaluate.json" in diff and "compiled.accuracy" in diff
+    assert "metrics/noise.json" in diff and "layers.dense3.snr_db" in diff
     params_diff = run(repo, "dvc", "params", "diff").stdout
     assert "calibration.size" in params_diff and "50" in params_diff
 

@@ -6,7 +6,8 @@ import logging
 
 import numpy as np
 
-from hailopipe import har, hef, optimizer, tflite
+from hailopipe import har, hef, network, optimizer, tflite
+from hailopipe.backends import compiled_har_path
 from hailopipe.engine import Engine
 from hailopipe.fileio import write_bytes
 from hailopipe.runtime import HEF, InferModel
@@ -26,7 +27,8 @@ def optimize(har_path, out_har_path, calib: np.ndarray, cfg: optimizer.OptimizeC
     """Calibrate and quantize (`runner.optimize`), writing the quantized HAR."""
     src = har.load(har_path, expect_state="hailo_model")
     qnet = optimizer.quantize_network(src.net, calib, cfg)
-    meta = {"hw_arch": hw_arch, "model_script": optimizer.model_script(src.net, cfg),
+    meta = {"hw_arch": hw_arch,
+            "model_script": optimizer.model_script(src.net, cfg, ranges=[l.limvals for l in qnet.layers]),
             "calibset_size": int(len(calib))}
     har.save(har.Har("quantized_model", src.net, qnet, meta), out_har_path)
     return {"layers": {l.name: {"limvals": list(l.limvals), "scale": l.out_scale, "zero_point": l.out_zp}
@@ -36,8 +38,15 @@ def optimize(har_path, out_har_path, calib: np.ndarray, cfg: optimizer.OptimizeC
 def compile(har_path, hef_path, hw_arch: str) -> dict:
     """Write the compiled file (`runner.compile()` returns its bytes) and return the compile report."""
     src = har.load(har_path, expect_state="quantized_model")
-    write_bytes(hef_path, hef.compile_network(src.qnet, hw_arch))
+    compiled = hef.compile_network(src.qnet, hw_arch)
+    write_bytes(hef_path, compiled)
+    har.save(har.Har("compiled_model", src.net, src.qnet, src.metadata, compiled), compiled_har_path(hef_path))
     return hef.compile_report(src.qnet)
+
+
+def infer_native(har_path, x: np.ndarray) -> np.ndarray:
+    """The parsed float model (SDK_NATIVE): float32 logits of the HAR's network."""
+    return network.forward(har.load(har_path, expect_state="hailo_model").net, x)
 
 
 def infer_quantized(har_path, x: np.ndarray) -> np.ndarray:

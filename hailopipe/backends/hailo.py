@@ -1,51 +1,523 @@
-"""The hailo backend: the same stages through Hailo's Dataflow Compiler and HailoRT.
+"""The hailo backend: the same stages through Hailo's Dataflow Compiler (DFC) and HailoRT.
 
-Hailo's SDK is not on any package registry; it comes from Hailo's Developer Zone (login required)
-as Linux x86_64 wheels.  Without it, choosing `backend: hailo` stops at once with the message
-below.  The adapter to the real API is tracked as its own issue; until it lands, each stage says
-so plainly rather than pretending.
+Selected with `backend: hailo` in params.yaml; the stages call the functions below exactly as they
+call the emulator's.  Each wraps the SDK's documented Python API (reference doc sections 1 and 4):
+
+    parse            ClientRunner(hw_arch) -> translate_tf_model(model.tflite, start/end nodes,
+                     tensor_shapes) -> save_har.  Node names come from the TFLite file; a trailing
+                     SOFTMAX is cut off (the end node is its input), so every output is logits.
+    optimize         load_model_script(optimizer.model_script(...)) -> optimize(NHWC float32 raw
+                     pixels 0-255) -> save_har; the SDK's own warnings are returned under "warnings".
+    compile          compile() -> bytes -> the .hef; the compiled HAR is saved beside it as
+                     `<hef stem>_compiled.har`; the report has hef.compile_report's shape.
+    infer_quantized  infer_context(SDK_QUANTIZED) + infer (also infer_fp_optimized, infer_native).
+    infer_compiled   HailoRT on a device: VDevice, HEF, ConfigureParams, FLOAT32 vstreams,
+                     InferVStreams inside network_group.activate().
+
+Input convention: the stages pass images in [0, 1] (pixels / 255, `data.to_float`).  The model
+script carries `normalization([0], [255])`, so everything handed to the SDK or the device is raw
+pixels, 255 * x, as a deployed camera pipeline would feed it.  Optimize refuses a script whose
+normalization says otherwise.  Layers are named `dense<i>` in params.yaml and reports (as the
+emulator names them) and mapped to the SDK's own HN names (`fc<i>`) in the model script.
+
+Without the SDK, `check_available()` raises one PipelineError saying what to install and where.
+All SDK failures become one-line PipelineErrors; HARs and HEFs are written atomically.
+Not tested against the real SDK here: see docs/hailo-backend.md and `bench/hailo_e2e.py`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fnmatch
 import importlib.util
+import logging
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
+
+from hailopipe import optimizer
+from hailopipe.backends import compiled_har_path
 from hailopipe.errors import PipelineError
+from hailopipe.fileio import write_bytes
+from hailopipe.network import Dense, Network
+
+log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
-    "backend 'hailo' needs Hailo's Dataflow Compiler (Python package hailo_sdk_client, wheel "
-    "hailo_dataflow_compiler-<ver>-py3-none-linux_x86_64.whl) and, to run on a device, HailoRT "
-    "(hailo_platform / hailort wheel); both come from https://hailo.ai/developer-zone/ (login), "
-    "for Linux x86_64 and Python 3.8-3.11 (DFC 3.x for hailo8/hailo8r/hailo8l, 5.x for hailo10/15). "
-    "Install them into this venv with pip, or set backend: emulator in params.yaml"
+    "backend 'hailo' needs Hailo's Dataflow Compiler (module hailo_sdk_client, wheel "
+    "hailo_dataflow_compiler-<version>-py3-none-linux_x86_64.whl) and, to run the HEF on a device, "
+    "HailoRT (module hailo_platform, wheel hailort-<version>-cp3XX-cp3XX-linux_<arch>.whl); both "
+    "come from Hailo's Developer Zone https://hailo.ai/developer-zone/ (registration required), for "
+    "Linux x86_64 (HailoRT also aarch64) and Python 3.10-3.11 (DFC 3.31-3.33; DFC 5.x 3.10-3.12): DFC 3.x with "
+    "HailoRT 4.x for hailo8/hailo8r/hailo8l, DFC 5.x with HailoRT 5.x for hailo10h/hailo15h/m/l. "
+    "`pip install` both wheels into this venv (see docs/hailo-backend.md), or set backend: emulator "
+    "in params.yaml"
 )
+HEF_MAGIC = b"\x01HEF"
+# hw_arch -> (family, DFC major, HailoRT major): reference "Version split".
+FAMILIES = {**{a: ("Hailo-8", 3, 4) for a in ("hailo8", "hailo8r", "hailo8l")},
+            **{a: ("Hailo-10/15", 5, 5) for a in ("hailo10h", "hailo15h", "hailo15m", "hailo15l")}}
+SDK_PRECISION_MODES = ("a8_w8", "a8_w4", "a16_w16", "a16_w8", "a8_w8_a16", "a16_w8_a16")
+PIXEL_MAX = 255.0
 
+
+# --- availability, versions ------------------------------------------------------------------
 
 def check_available() -> None:
+    """Called by backends.get("hailo"): without hailo_sdk_client, one error saying what to install."""
     if importlib.util.find_spec("hailo_sdk_client") is None:
-        raise PipelineError(f"params.yaml: {INSTALL_HINT}")
+        here = f"Python {sys.version_info.major}.{sys.version_info.minor} on {platform.system()} {platform.machine()}"
+        raise PipelineError(f"params.yaml: {INSTALL_HINT} (this interpreter: {here})")
 
 
-def _not_yet(step: str):
-    raise PipelineError(f"backend 'hailo': the {step} step through the real SDK is not implemented yet; "
-                        "use backend: emulator")
+def _sdk() -> SimpleNamespace:
+    """The DFC classes the adapter uses; a broken install is one clear error, not a traceback."""
+    check_available()
+    try:
+        import hailo_sdk_client
+        from hailo_sdk_client import ClientRunner, InferenceContext
+        from hailo_sdk_client.exposed_definitions import States
+        from hailo_sdk_client.model_translator.exceptions import ParsingWithRecommendationException
+    except Exception as exc:  # ImportError, or whatever a mismatched TF/numpy raises at import
+        raise PipelineError(f"hailo_sdk_client is installed but does not import ({type(exc).__name__}: {exc}); "
+                            "reinstall the Dataflow Compiler wheel in a clean venv") from None
+    return SimpleNamespace(ClientRunner=ClientRunner, InferenceContext=InferenceContext, States=States,
+                           ParsingError=ParsingWithRecommendationException,
+                           version=_version(hailo_sdk_client, "hailo-dataflow-compiler"))
 
 
-def parse(*args, **kwargs):
-    _not_yet("parse")
+def _hailort():
+    try:
+        import hailo_platform
+    except Exception as exc:  # ImportError, or HailoRT's MissingPyHRTLib / version-mismatch errors
+        raise PipelineError(f"running the HEF needs HailoRT (hailo_platform), which does not import "
+                            f"({exc}); {INSTALL_HINT}") from None
+    return hailo_platform
 
 
-def optimize(*args, **kwargs):
-    _not_yet("optimize")
+def _version(module, dist: str) -> str:
+    from importlib import metadata
+
+    version = getattr(module, "__version__", None)
+    if version is None:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            version = metadata.version(dist)
+    return str(version or "unknown")
 
 
-def compile(*args, **kwargs):
-    _not_yet("compile")
+def versions() -> dict:
+    """Installed SDK versions (None when a package is missing), for logs and reports."""
+    out = {"hailo_sdk_client": _sdk().version, "hailo_platform": None}
+    with contextlib.suppress(PipelineError):
+        out["hailo_platform"] = _version(_hailort(), "hailort")
+    return out
 
 
-def infer_quantized(*args, **kwargs):
-    _not_yet("evaluate")
+def check_versions(hw_arch: str, dfc: str | None = None, hailort: str | None = None, where: str = "") -> None:
+    """Hailo-8 family needs DFC 3.x / HailoRT 4.x, Hailo-10/15 need 5.x: one clear error otherwise."""
+    where = where or f"params.yaml: hw_arch {hw_arch}"
+    if hw_arch not in FAMILIES:
+        raise PipelineError(f"params.yaml: hw_arch {hw_arch!r} is not one of {', '.join(FAMILIES)}")
+    family, dfc_major, hrt_major = FAMILIES[hw_arch]
+    for what, version, major in (("Dataflow Compiler (hailo_sdk_client)", dfc, dfc_major),
+                                 ("HailoRT (hailo_platform)", hailort, hrt_major)):
+        if version not in (None, "unknown") and version.split(".")[0] != str(major):
+            raise PipelineError(
+                f"{where} ({family} family) needs the {what} {major}.x, but "
+                f"{version} is installed; Hailo-8/8R/8L use DFC 3.x + HailoRT 4.x, Hailo-10H/15 use "
+                "DFC 5.x + HailoRT 5.x (set hw_arch to match, or install the matching wheels)")
 
 
-def infer_compiled(*args, **kwargs):
-    _not_yet("evaluate")
+@contextlib.contextmanager
+def _sdk_call(what: str):
+    """Turn any exception the closed-source SDK raises into one line naming what was being done."""
+    try:
+        yield
+    except PipelineError:
+        raise
+    except Exception as exc:  # the SDK's exception types are not public
+        log.debug("%s failed", what, exc_info=True)
+        detail = " ".join(str(exc).split()) or "no message"
+        raise PipelineError(f"{what}: {type(exc).__name__}: {detail}") from None
+
+
+def _runner(sdk, har_path=None, hw_arch: str | None = None):
+    kwargs = {} if hw_arch is None else {"hw_arch": hw_arch}
+    what = f"ClientRunner(hw_arch={hw_arch!r}) failed"
+    if har_path is not None:
+        if not Path(har_path).is_file():
+            raise PipelineError(f"{har_path}: file not found")
+        kwargs["har"], what = str(har_path), f"{har_path}: the Dataflow Compiler could not load the HAR"
+    with _sdk_call(what):
+        return sdk.ClientRunner(**kwargs)
+
+
+def _expect_state(runner, states, har_path) -> None:
+    if runner.state not in states:
+        names = " or ".join(str(getattr(s, "name", s)) for s in states)
+        raise PipelineError(f"{har_path}: HAR is in state {getattr(runner.state, 'name', runner.state)}, "
+                            f"expected {names}; re-run the earlier stages with backend: hailo")
+
+
+def _save_har(runner, path) -> None:
+    """`save_har` to a temporary name beside `path`, then rename: a killed stage leaves no half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".har", dir=path.parent)
+    os.close(fd)
+    try:
+        with _sdk_call(f"{path}: save_har failed"):
+            runner.save_har(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+# --- the HN as the adapter needs it ----------------------------------------------------------
+
+KERNEL_TYPES = ("dense", "conv", "dw", "deconv")
+
+
+def _kernel_layers(hn: dict, source) -> list[tuple[str, dict, list[int]]]:
+    """(scoped name, layer, kernel shape [..., in, out]) of each layer with weights, walking the HN
+    chain from its input layer."""
+    layers = hn.get("layers") if isinstance(hn, dict) else None
+    inputs = [n for n, l in (layers or {}).items() if l.get("type") == "input_layer"]
+    if len(inputs) != 1:
+        raise PipelineError(f"{source}: the hailo backend handles one input layer, the HN has {len(inputs)}")
+    chain, current = [], inputs[0]
+    for _ in range(len(layers)):
+        nxt = layers[current].get("output") or []
+        if not nxt:
+            break
+        if len(nxt) != 1 or nxt[0] not in layers:
+            raise PipelineError(f"{source}: HN layer {current} does not feed a single next layer; "
+                                "the hailo backend handles chains of layers")
+        current, layer = nxt[0], layers[nxt[0]]
+        params = layer.get("params", {})
+        if layer.get("type") in KERNEL_TYPES or "kernel_shape" in params:
+            shape = params.get("kernel_shape") or [int(np.prod(layer["input_shapes"][0][1:])),
+                                                   layer["output_shapes"][0][-1]]
+            chain.append((current, layer, [int(d) for d in shape]))
+    else:
+        raise PipelineError(f"{source}: the HN graph has a cycle")
+    if not chain:
+        raise PipelineError(f"{source}: the HN has no layer with weights")
+    return chain
+
+
+def _float_network(runner, source) -> Network:
+    """The parsed float network, named as the SDK names it (for the model script)."""
+    with _sdk_call(f"{source}: reading the HN and params"):
+        hn, params = runner.get_hn_dict(), dict(runner.get_params())
+    dense = []
+    for name, layer, _ in _kernel_layers(hn, source):
+        kernel, bias = params.get(f"{name}/kernel:0"), params.get(f"{name}/bias:0")
+        if kernel is None or bias is None:
+            raise PipelineError(f"{source}: params {name}/kernel:0 or bias:0 missing")
+        kernel = np.asarray(kernel, np.float32)
+        dense.append(Dense(name.split("/")[-1], kernel.reshape(-1, kernel.shape[-1]),
+                           np.asarray(bias, np.float32), layer.get("params", {}).get("activation", "linear")))
+    first = next(l for l in hn["layers"].values() if l["type"] == "input_layer")
+    return Network(hn.get("name", "net"), tuple(first["output_shapes"][0][1:]), dense)
+
+
+# --- model script ----------------------------------------------------------------------------
+
+_NORMALIZATION = re.compile(r"normalization\(\s*\[([^\]]*)\]\s*,\s*\[([^\]]*)\]")
+_QUANT_PARAM = re.compile(r"^\s*quantization_param\(\s*(\[[^\]]*\]|\{[^}]*\}|[^,]+),(.*)\)\s*$")
+
+
+def _check_normalization(script: str, source) -> None:
+    """The script must turn raw pixels 0-255 into the [0, 1] the model was trained on."""
+    found = _NORMALIZATION.findall(script)
+    means = [float(v) for m, _ in found for v in m.split(",") if v.strip()]
+    stds = [float(v) for _, s in found for v in s.split(",") if v.strip()]
+    if len(found) != 1 or any(m != 0 for m in means) or any(s != PIXEL_MAX for s in stds):
+        got = "; ".join(f"normalization([{m}], [{s}])" for m, s in found) or "no normalization"
+        raise PipelineError(f"{source}: backend hailo feeds the SDK raw pixels 0-255 and needs "
+                            f"normalization([0], [255]) in the model script (optimize.input_range "
+                            f"[0.0, 1.0]); the script has {got}")
+
+
+def _precision_modes(script: str, names: list[str]) -> dict[str, str]:
+    """SDK layer name -> precision_mode set by the script's quantization_param lines (else a8_w8)."""
+    modes = dict.fromkeys(names, "a8_w8")
+    for line in script.splitlines():
+        m = _QUANT_PARAM.match(line)
+        mode = re.search(r"precision_mode\s*=\s*(\w+)", m.group(2)) if m else None
+        if mode:
+            for pattern in m.group(1).strip("[]{} ").split(","):
+                for name in fnmatch.filter(names, pattern.strip().split("/")[-1]):
+                    modes[name] = mode.group(1)
+    return modes
+
+
+def _pixels(x: np.ndarray, shape, what: str, scale: float = PIXEL_MAX) -> np.ndarray:
+    """Stage images in [0, 1], NHWC float32 -> C-contiguous raw pixels 0-255 (x * scale) for the SDK."""
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 4 or tuple(x.shape[1:]) != tuple(shape):
+        got = f"{getattr(x, 'dtype', type(x).__name__)}{list(getattr(x, 'shape', []))}"
+        raise PipelineError(f"{what}: expected NHWC float32 [N, {', '.join(map(str, shape))}], got {got}")
+    if len(x) == 0 or not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+        raise PipelineError(f"{what}: images must be non-empty, finite and in [0, 1] (pixels / 255)")
+    return np.ascontiguousarray(x * np.float32(scale), np.float32)
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not record.name.startswith(("hailopipe", "stages")) and all(r is not record for r in self.records):
+            self.records.append(record)
+
+
+@contextlib.contextmanager
+def _sdk_warnings():
+    """Collect WARNING+ records logged while the SDK runs: on the root logger and on every
+    existing non-propagating logger (the SDK's own console loggers)."""
+    handler = _Collect()
+    loggers = [logging.getLogger()] + [l for l in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(l, logging.Logger) and not l.propagate]
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+
+
+# --- the stages ------------------------------------------------------------------------------
+
+def _tflite_io(path) -> tuple[str, list[int], str]:
+    """(input tensor name, input shape, end tensor name) read from the TFLite flatbuffer; the end
+    is the graph output, or the logits feeding a trailing SOFTMAX."""
+    from ai_edge_litert import schema_py_generated as s
+
+    try:
+        with open(path, "rb") as f:
+            buf = f.read()
+    except (FileNotFoundError, IsADirectoryError):
+        raise PipelineError(f"{path}: file not found") from None
+    if buf[4:8] != b"TFL3":
+        raise PipelineError(f"{path}: not a TFLite file (no TFL3 identifier)")
+    try:
+        model = s.Model.GetRootAs(buf, 0)
+        graph = model.Subgraphs(0)
+        if graph.InputsLength() != 1 or graph.OutputsLength() != 1:
+            raise PipelineError(f"{path}: the hailo backend handles one input and one output tensor")
+        in_t, end = graph.Tensors(graph.Inputs(0)), int(graph.Outputs(0))
+        for i in range(graph.OperatorsLength()):
+            op = graph.Operators(i)
+            code = model.OperatorCodes(op.OpcodeIndex())
+            if (max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) == s.BuiltinOperator.SOFTMAX
+                    and int(op.Outputs(0)) == end):
+                end = int(op.Inputs(0))
+        names = [graph.Tensors(t).Name().decode() for t in (graph.Inputs(0), end)]
+        return names[0], [int(d) for d in in_t.ShapeAsNumpy()], names[1]
+    except PipelineError:
+        raise
+    except Exception as exc:  # a corrupt flatbuffer raises anything
+        raise PipelineError(f"{path}: corrupt TFLite flatbuffer ({type(exc).__name__}: {exc})") from None
+
+
+def parse(tflite_path, har_path, net_name: str, hw_arch: str) -> dict:
+    """translate_tf_model on the TFLite file, then save_har (state hailo_model)."""
+    sdk = _sdk()
+    check_versions(hw_arch, dfc=sdk.version)
+    start, shape, end = _tflite_io(tflite_path)
+    runner = _runner(sdk, hw_arch=hw_arch)
+    with _sdk_call(f"{tflite_path}: translate_tf_model failed"):
+        try:
+            runner.translate_tf_model(str(tflite_path), net_name, start_node_names=[start],
+                                      end_node_names=[end], tensor_shapes={start: shape})
+        except sdk.ParsingError as exc:
+            raise PipelineError(f"{tflite_path}: the Dataflow Compiler could not parse the model (start "
+                                f"{start!r}, end {end!r}): {' '.join(str(exc).split())}") from None
+    _save_har(runner, har_path)
+    net = _float_network(runner, har_path)
+    return {"layers": [f"{l.name} {l.kernel.shape[0]}->{l.kernel.shape[1]} {l.activation}" for l in net.layers],
+            "params": int(sum(l.kernel.size + l.bias.size for l in net.layers)),
+            "sdk_names": {f"dense{i}": l.name for i, l in enumerate(net.layers, 1)},
+            "start_node": start, "end_node": end, "sdk_version": sdk.version}
+
+
+def optimize(har_path, out_har_path, calib: np.ndarray, cfg: optimizer.OptimizeConfig, hw_arch: str) -> dict:
+    """load_model_script + optimize on raw-pixel calibration data, then save_har (quantized_model)."""
+    sdk = _sdk()
+    check_versions(hw_arch, dfc=sdk.version)
+    runner = _runner(sdk, har_path, hw_arch)
+    _expect_state(runner, (sdk.States.HAILO_MODEL,), har_path)
+    net = _float_network(runner, har_path)
+    names = {f"dense{i}": l.name for i, l in enumerate(net.layers, 1)}
+    unknown = sorted(set(cfg.precision) - set(names))
+    bad = {k: v for k, v in cfg.precision.items() if v not in SDK_PRECISION_MODES}
+    if unknown or bad:
+        raise PipelineError(f"params.yaml: optimize.precision: unknown layer(s) {unknown} (layers are "
+                            f"{sorted(names)}) or mode(s) {bad} (modes are {', '.join(SDK_PRECISION_MODES)})")
+    sdk_cfg = dataclasses.replace(cfg, precision={names[k]: v for k, v in cfg.precision.items()})
+    raw = _pixels(calib, net.input_shape, "calibration data")
+    ranges = optimizer.calibration_ranges(net, calib, sdk_cfg) if sdk_cfg.clipping_mode == "mse" else None
+    lines = optimizer.model_script(net, sdk_cfg, ranges).splitlines()
+    notes = [l.lstrip("# ") for l in lines if l.lstrip().startswith("#")]  # comments: not documented SDK syntax
+    script = "".join(f"{l}\n" for l in lines if l.strip() and not l.lstrip().startswith("#"))
+    _check_normalization(script, "the model script from params.yaml")
+    with _sdk_call(f"{har_path}: load_model_script refused the generated script"):
+        runner.load_model_script(script)
+    with _sdk_warnings() as records, _sdk_call(f"{har_path}: runner.optimize failed"):
+        runner.optimize(raw)
+    _save_har(runner, out_har_path)
+    warnings = list(dict.fromkeys(" ".join(r.getMessage().split()) for r in records))
+    warnings += [f"model script comment, not sent to the SDK: {n}" for n in notes]
+    for w in warnings:
+        log.warning("optimize: SDK warning: %s", w)
+    reduced = [int(m) for w in warnings for m in re.findall(r"Reducing optimization level to (\d+)", w)]
+    return {"model_script": script, "warnings": warnings,
+            "optimization_level_reduced_to": reduced[-1] if reduced else None,
+            "calibration": {"images": int(len(raw)), "min": float(raw.min()), "max": float(raw.max())}}
+
+
+def compile(har_path, hef_path, hw_arch: str) -> dict:
+    """runner.compile() -> HEF bytes, written atomically; the compiled HAR saved beside it."""
+    sdk = _sdk()
+    check_versions(hw_arch, dfc=sdk.version)
+    runner = _runner(sdk, har_path, hw_arch)
+    _expect_state(runner, (sdk.States.QUANTIZED_MODEL,), har_path)
+    with _sdk_call(f"{har_path}: runner.compile failed"):
+        hef = runner.compile()
+    if not isinstance(hef, (bytes, bytearray)) or bytes(hef[:4]) != HEF_MAGIC:
+        raise PipelineError(f"{har_path}: runner.compile() returned {type(hef).__name__} "
+                            f"{bytes(hef[:4]) if isinstance(hef, (bytes, bytearray)) else ''!r}, not HEF bytes")
+    write_bytes(hef_path, bytes(hef))
+    _save_har(runner, compiled_har_path(hef_path))
+    with _sdk_call(f"{har_path}: reading the HN"):
+        hn, script = runner.get_hn_dict(), runner.model_script
+    return _compile_report(hn, script, hef_path, har_path)
+
+
+def _compile_report(hn: dict, script: str, hef_path, source) -> dict:
+    """hef.compile_report's shape (layers keyed dense<i>, totals), from the HN's kernel shapes and
+    the script's precision modes, plus what the HEF itself says (hailo_hef)."""
+    kernels = _kernel_layers(hn, source)
+    modes = _precision_modes(script, [n.split("/")[-1] for n, _, _ in kernels])
+    layers = {}
+    for i, (name, layer, kshape) in enumerate(kernels, 1):
+        out_shape = layer["output_shapes"][0]
+        mode = modes[name.split("/")[-1]]
+        w_bits = int(re.match(r"a\d+_w(\d+)", mode).group(1))
+        fan_in, cout = int(np.prod(kshape[:-1])), int(kshape[-1])
+        layers[f"dense{i}"] = {"input_shape": [fan_in], "output_shape": [cout],
+                               "macs": fan_in * cout * int(np.prod(out_shape[1:-1])),
+                               "weight_bytes": fan_in * cout * w_bits // 8, "bias_bytes": cout * 4,
+                               "precision_mode": mode,
+                               "activation": layer.get("params", {}).get("activation", "linear"),
+                               "sdk_name": name.split("/")[-1]}
+    report = {"network": hn.get("name"), "layers": layers,
+              "total": {"macs": sum(v["macs"] for v in layers.values()),
+                        "weight_bytes": sum(v["weight_bytes"] + v["bias_bytes"] for v in layers.values()),
+                        "layers": len(layers)}}
+    info = _hef_info(hef_path)
+    if info is None:
+        return report
+    report["hef"] = {"hw_arch": info.hw_arch, "compatible": info.compatible_archs, "sdk_version": info.sdk_version,
+                     "bytes": os.path.getsize(hef_path), "contexts": sum(g.contexts for g in info.network_groups)}
+    return report
+
+
+def _emulate(har_path, x: np.ndarray, context: str, raw: bool) -> np.ndarray:
+    sdk = _sdk()
+    runner = _runner(sdk, har_path)
+    states = ((sdk.States.HAILO_MODEL,) if context == "SDK_NATIVE"
+              else (sdk.States.QUANTIZED_MODEL, sdk.States.COMPILED_MODEL))
+    _expect_state(runner, states, har_path)
+    with _sdk_call(f"{har_path}: reading the HN"):
+        hn, script = runner.get_hn_dict(), runner.model_script
+    first = next(l for l in hn["layers"].values() if l["type"] == "input_layer")
+    shape = first["output_shapes"][0][1:]
+    if raw and script.strip():  # optimize() loaded normalization([0], [255]); check it is still there
+        _check_normalization(script, f"{har_path}: model script")
+    data = _pixels(x, shape, f"{context} input", PIXEL_MAX if raw else 1.0)
+    with _sdk_call(f"{har_path}: {context} inference failed"):
+        with runner.infer_context(getattr(sdk.InferenceContext, context)) as ctx:
+            out = runner.infer(ctx, data)
+    out = out[0] if isinstance(out, (list, tuple)) else out
+    return np.asarray(out, np.float32).reshape(len(x), -1)
+
+
+def infer_quantized(har_path, x: np.ndarray) -> np.ndarray:
+    """The quantized HAR in the SDK's emulator (SDK_QUANTIZED): images in [0, 1] -> logits."""
+    return _emulate(har_path, x, "SDK_QUANTIZED", raw=True)
+
+
+def infer_fp_optimized(har_path, x: np.ndarray) -> np.ndarray:
+    """The quantized HAR's float model with the script applied (SDK_FP_OPTIMIZED)."""
+    return _emulate(har_path, x, "SDK_FP_OPTIMIZED", raw=True)
+
+
+def infer_native(har_path, x: np.ndarray) -> np.ndarray:
+    """The parsed HAR as translated (SDK_NATIVE: no model script, input in [0, 1])."""
+    return _emulate(har_path, x, "SDK_NATIVE", raw=False)
+
+
+def _hef_info(hef_path):
+    """hailo_hef's reading of a real HEF, or None: the file is the SDK's and HailoRT checks it; this
+    project's reader may lag a newer HEF version or the SDK venv's protobuf."""
+    try:
+        from hailopipe import hailo_hef
+
+        return hailo_hef.read_hailo_hef(hef_path)
+    except (PipelineError, ImportError, AttributeError) as exc:
+        log.warning("%s: not described (%s: %s)", hef_path, type(exc).__name__, exc)
+        return None
+
+
+def infer_compiled(hef_path, x: np.ndarray) -> np.ndarray:
+    """The HEF on a Hailo device through HailoRT, FLOAT32 vstreams: images in [0, 1] -> logits."""
+    hp = _hailort()
+    try:
+        with open(hef_path, "rb") as f:
+            magic = f.read(4)
+    except FileNotFoundError:
+        raise PipelineError(f"{hef_path}: file not found") from None
+    if magic != HEF_MAGIC:
+        raise PipelineError(f"{hef_path}: not a Hailo HEF (magic {magic!r}); re-run the compile stage "
+                            "with backend: hailo")
+    info = _hef_info(hef_path)
+    arch = info.hw_arch if info is not None else ""
+    if arch.startswith(("HAILO8", "HAILO10", "HAILO15")):  # check against a params hw_arch of its family
+        check_versions("hailo8" if arch.startswith("HAILO8") else "hailo10h", hailort=_version(hp, "hailort"),
+                       where=f"{hef_path}: a HEF for {arch}")
+    with _sdk_call("HailoRT: Device.scan failed"):
+        devices = hp.Device.scan()
+    if not devices:
+        raise PipelineError(f"{hef_path}: no Hailo device was found (hailo_platform.Device.scan() is "
+                            "empty); running the HEF needs a Hailo device with its driver loaded")
+    with _sdk_call(f"{hef_path}: HailoRT inference failed"):
+        hef = hp.HEF(str(hef_path))
+        in_info, out_info = hef.get_input_vstream_infos()[0], hef.get_output_vstream_infos()[0]
+        data = _pixels(x, in_info.shape, f"{hef_path}: input {in_info.name}")
+        with hp.VDevice() as target:
+            params = hp.ConfigureParams.create_from_hef(hef=hef, interface=hp.HailoStreamInterface.PCIe)
+            network_group = target.configure(hef, params)[0]
+            ivp = hp.InputVStreamParams.make(network_group, format_type=hp.FormatType.FLOAT32)
+            ovp = hp.OutputVStreamParams.make(network_group, format_type=hp.FormatType.FLOAT32)
+            start = time.perf_counter()
+            with hp.InferVStreams(network_group, ivp, ovp) as pipeline, \
+                    network_group.activate(network_group.create_params()):
+                out = pipeline.infer({in_info.name: data})[out_info.name]
+            seconds = time.perf_counter() - start
+    log.info("infer_compiled: %d images on %s in %.3f s (%.0f frames/s)", len(x), devices[0], seconds,
+             len(x) / max(seconds, 1e-9))
+    return np.asarray(out, np.float32).reshape(len(x), -1)

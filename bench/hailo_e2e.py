@@ -1,0 +1,127 @@
+"""End-to-end check of the hailo backend on the real SDK: parse, optimize, compile, evaluate.
+
+Run it with the Python that has Hailo's Dataflow Compiler (and HailoRT plus a device for the last
+step), from the repo root, once the emulator pipeline has made its inputs (`dvc repro train`):
+
+    python bench/hailo_e2e.py [--hw-arch hailo8] [--calibration-size N] [--images N] [--keep DIR]
+
+It runs the hailo backend's functions, and the emulator's for comparison, on
+models/float/model.tflite and data/mnist.npz with the params.yaml optimize settings, into a
+temporary directory, and prints side by side: accuracies (TFLite float, SDK_NATIVE,
+SDK_QUANTIZED, the HEF on the device, the emulator), the SDK's warnings, both compile reports,
+the HEF header and frames per second.  It exits 1 with one `error:` line if a step fails or a
+check fails:
+
+- SDK_NATIVE logits within 1e-3 of the TFLite model's (the parser kept the network);
+- SDK_QUANTIZED accuracy at most 1 percentage point below float;
+- with a device, the HEF agrees with SDK_QUANTIZED on at least 99.5% of the images.
+
+With the test stand-in instead of the SDK (PYTHONPATH=tests/fake_hailo) it runs the same way, and
+also with FAKE_HAILO_DEVICES=0 for the device step: that is how it was checked without the SDK.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # for stages.optimize.config (the stage's params -> OptimizeConfig)
+
+from hailopipe import backends, data, evaluate, params  # noqa: E402
+from hailopipe.errors import PipelineError, run_main  # noqa: E402
+from stages.optimize import config  # noqa: E402
+
+
+def timed(label: str, times: dict, fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    times[label] = time.perf_counter() - start
+    return out
+
+
+def run_backend(backend, out: Path, tflite, calib, cfg, hw_arch: str, x, times: dict) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    har, qhar, hef = out / "mnist.har", out / "mnist_quantized.har", out / "mnist.hef"
+    timed("parse", times, backend.parse, tflite, har, "mnist", hw_arch)
+    summary = timed("optimize", times, backend.optimize, har, qhar, calib, cfg, hw_arch)
+    report = timed("compile", times, backend.compile, qhar, hef, hw_arch)
+    result = {"summary": summary, "report": report,
+              "quantized": timed("quantized", times, backend.infer_quantized, qhar, x)}
+    if hasattr(backend, "infer_native"):
+        result["native"] = backend.infer_native(har, x)
+    try:
+        result["compiled"] = timed("compiled", times, backend.infer_compiled, hef, x)
+    except PipelineError as exc:
+        if "no Hailo device" not in str(exc):
+            raise
+        result["compiled"], result["no_device"] = None, str(exc)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hw-arch", help="default: params.yaml hw_arch")
+    ap.add_argument("--calibration-size", type=int, help="default: params.yaml calibration.size (first N)")
+    ap.add_argument("--images", type=int, help="validation images to evaluate (default: all)")
+    ap.add_argument("--keep", type=Path, help="write the artefacts here instead of a temporary directory")
+    args = ap.parse_args()
+    p = params.load(str(ROOT / "params.yaml"))
+    hw_arch = args.hw_arch or p.hw_arch()
+    tflite = ROOT / "models" / "float" / "model.tflite"
+    arrays = data.load_split(ROOT / "data" / "mnist.npz")
+    x_all, y_all = data.to_float(arrays["x_val"]), arrays["y_val"]
+    x, y = x_all[:args.images], y_all[:args.images]
+    size = args.calibration_size or p.int("calibration.size", 1, len(x_all))
+    cfg = config(p, size)
+    hailo = backends.get("hailo")
+    out = args.keep or Path(tempfile.mkdtemp(prefix="hailo_e2e."))
+    times_h, times_e = {}, {}
+    h = run_backend(hailo, out / "hailo", tflite, x_all[:size], cfg, hw_arch, x, times_h)
+    e = run_backend(backends.get("emulator"), out / "emulator", tflite, x_all[:size], cfg, hw_arch, x, times_e)
+    fl = evaluate.tflite_logits(tflite, x)
+
+    def acc(logits):
+        return "-" if logits is None else f"{evaluate.accuracy(logits, y):.4f}"
+
+    print(f"hailo backend end to end: hw_arch {hw_arch}, {hailo.versions()}, {len(y)} images, "
+          f"calibration {size}, artefacts in {out}")
+    print(f"{'':28}{'hailo SDK':>12}{'emulator':>12}")
+    print(f"{'accuracy float (TFLite)':28}{acc(fl):>12}{acc(fl):>12}")
+    print(f"{'accuracy SDK_NATIVE':28}{acc(h['native']):>12}{'-':>12}")
+    print(f"{'accuracy quantized':28}{acc(h['quantized']):>12}{acc(e['quantized']):>12}")
+    print(f"{'accuracy compiled (device)':28}{acc(h['compiled']):>12}{acc(e['compiled']):>12}")
+    for step in ("parse", "optimize", "compile", "quantized", "compiled"):
+        th, te = times_h.get(step), times_e.get(step)
+        print(f"{'seconds ' + step:28}{'-' if th is None else f'{th:.2f}':>12}{'-' if te is None else f'{te:.2f}':>12}")
+    if h["compiled"] is not None:
+        print(f"{'frames/s on the device':28}{len(y) / times_h['compiled']:>12.0f}{'-':>12}")
+    for key in ("macs", "weight_bytes", "layers"):
+        print(f"{'compile ' + key:28}{h['report']['total'][key]:>12}{e['report']['total'][key]:>12}")
+    print("HEF:", json.dumps(h["report"].get("hef")))
+    print("SDK warnings:", *(h["summary"]["warnings"] or ["none"]), sep="\n  ")
+    if h.get("no_device"):
+        print("device step skipped:", h["no_device"])
+    failures = []
+    diff = float(abs(h["native"] - fl).max())
+    if diff > 1e-3:
+        failures.append(f"SDK_NATIVE logits differ from TFLite by {diff:.3g} (> 1e-3)")
+    drop = 100 * (evaluate.accuracy(fl, y) - evaluate.accuracy(h["quantized"], y))
+    if drop > 1.0:
+        failures.append(f"SDK_QUANTIZED accuracy is {drop:.2f} pp below float (> 1 pp)")
+    if h["compiled"] is not None:
+        agree = float((h["compiled"].argmax(1) == h["quantized"].argmax(1)).mean())
+        if agree < 0.995:
+            failures.append(f"the HEF agrees with SDK_QUANTIZED on {agree:.2%} of images (< 99.5%)")
+    print(f"SDK_NATIVE vs TFLite max |logit diff| {diff:.3g}; quantized drop {drop:.2f} pp")
+    if failures:
+        raise PipelineError("; ".join(failures))
+    print("ok")
+
+
+if __name__ == "__main__":
+    run_main(main)
