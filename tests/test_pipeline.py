@@ -47,23 +47,31 @@ def set_params(repo, **changes):
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    dest = tmp_path_factory.mktemp("pipeline") / "repo"
+SMALL = {"train__hidden": [32, 16], "train__epochs": 1, "train__batch_size": 256, "calibration__size": 200}
+
+
+def fresh_copy(dest, **params):
+    """The repo's sources at `dest` (what git tracks or would add; no outputs, metrics or dvc.lock)
+    with reduced params (SMALL unless given), committed in a new git repository."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
+                           text=True, check=True).stdout.splitlines()
     for f in files:
         if f.startswith(("metrics/", "tests/")) or f == "dvc.lock" or not (ROOT / f).is_file():
             continue
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / f, dest / f)
-    set_params(dest, train__hidden=[32, 16], train__epochs=1, train__batch_size=256, calibration__size=200)
+    set_params(dest, **(params or SMALL))
     run(dest, "git", "init", "-q")
     run(dest, "git", "config", "user.name", "test")
     run(dest, "git", "config", "user.email", "test@example.com")
     run(dest, "git", "add", "-A")
-    run(dest, "git", "commit", "-qm", "init")
+    run(dest, "git", "commit", "-qm", "sources")
     return dest
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    return fresh_copy(tmp_path_factory.mktemp("pipeline") / "repo")
 
 
 def test_full_run_builds_everything(repo):

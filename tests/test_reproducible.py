@@ -11,8 +11,6 @@ experiments); they clone it and never change it.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,28 +19,7 @@ import pytest
 import yaml
 
 from hailopipe.fileio import sha256_file
-from tests.conftest import ROOT
-from tests.test_pipeline import pytestmark, ran_stages, run, set_params  # noqa: F401 (pytestmark: needs MNIST)
-
-SMALL = {"train__hidden": [32, 16], "train__epochs": 1, "train__batch_size": 256, "calibration__size": 200}
-
-
-def fresh_copy(dest: Path) -> Path:
-    """The repo's sources at `dest` (what git tracks or would add; no outputs, metrics or dvc.lock)
-    with the reduced params, committed in a new git repository."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.splitlines()
-    for f in files:
-        if f.startswith(("metrics/", "tests/")) or f == "dvc.lock" or not (ROOT / f).is_file():
-            continue
-        (dest / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / f, dest / f)
-    set_params(dest, **SMALL)
-    run(dest, "git", "init", "-q")
-    run(dest, "git", "add", "-A")
-    run(dest, "git", "commit", "-qm", "sources")
-    return dest
-
+from tests.test_pipeline import fresh_copy, pytestmark, ran_stages, run  # noqa: F401 (pytestmark: needs MNIST)
 
 def tracked_outputs(repo: Path) -> dict[str, str]:
     """sha256 of every file of every out that dvc.lock records (directory outs file by file)."""
