@@ -135,20 +135,23 @@ def peak_extra_bytes(fn) -> int:
     return _proc_status("VmHWM") - before
 
 
-def batched(fns: dict, x: np.ndarray, repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+def batched(fns: dict, x: np.ndarray, repeats: int) -> tuple[dict[str, float], dict[str, float], np.ndarray]:
     """Best-of-`repeats` images/s of each fn over the whole batch, rounds alternating between them
-    (pause, one untimed call, `INNER` timed calls), and images per CPU-second (all the process's
-    threads, idle spinning included)."""
-    wall, cpu = {k: np.inf for k in fns}, {k: np.inf for k in fns}
-    for _ in range(repeats):
+    (pause, one untimed call, `INNER` timed calls); images per CPU-second (all the process's
+    threads, idle spinning included); and the ratio first fn / second fn of each round, which shows
+    how far one run's best-of ratio can be trusted."""
+    wall, cpu = {k: np.empty(repeats) for k in fns}, {k: np.empty(repeats) for k in fns}
+    for i in range(repeats):
         for k, fn in fns.items():
             time.sleep(SETTLE)
             fn(x)
             t, c = time.perf_counter(), time.process_time()
             for _ in range(INNER):
                 fn(x)
-            wall[k], cpu[k] = min(wall[k], time.perf_counter() - t), min(cpu[k], time.process_time() - c)
-    return {k: INNER * len(x) / v for k, v in wall.items()}, {k: INNER * len(x) / v for k, v in cpu.items()}
+            wall[k][i], cpu[k][i] = time.perf_counter() - t, time.process_time() - c
+    first, second = list(fns)[:2]
+    return ({k: INNER * len(x) / v.min() for k, v in wall.items()}, {k: INNER * len(x) / v.min() for k, v in cpu.items()},
+            wall[second] / wall[first])
 
 
 def singles(fns: dict, x: np.ndarray, repeats: int) -> dict[str, tuple[float, float]]:
@@ -187,13 +190,14 @@ def bench_net(hidden, arrays, args, workdir: Path) -> dict:
     if not np.array_equal(q_val.astype(np.int16), arrays["x_test"][..., None].astype(np.int16) - 128):
         logging.warning("TFLite's input quantization is not pixel - 128; both sides still get the same integers")
 
-    rate, cpu_rate = batched({"ours": ours.run, "lite": lite_batch, "numpy": ours_numpy.run}, q_val, args.repeats)
+    rate, cpu_rate, rounds = batched({"ours": ours.run, "lite": lite_batch, "numpy": ours_numpy.run}, q_val, args.repeats)
     q_rand = np.random.default_rng(0).integers(-128, 128, q_val.shape).astype(np.int8)  # no zeros to skip
     exact = exact and bool(np.array_equal(ours.run(q_rand).astype(np.int64), reference(qnet, q_rand)))
-    rate_rand, _ = batched({"ours": ours.run, "lite": lite_batch}, q_rand, args.repeats)
+    rate_rand, _, _ = batched({"ours": ours.run, "lite": lite_batch}, q_rand, args.repeats)
     lat = singles({"ours": ours.run, "lite": lite_one}, q_val[:args.singles], args.repeats)
     extra = peak_extra_bytes(lambda: ours.run(q_val))
-    return {"name": "784-" + "-".join(map(str, hidden)) + "-10", "kernel": ours.kernel, "rate": rate, "cpu_rate": cpu_rate, "rate_rand": rate_rand, "lat": lat,
+    return {"name": "784-" + "-".join(map(str, hidden)) + "-10", "kernel": ours.kernel, "rate": rate, "cpu_rate": cpu_rate,
+            "rounds": rounds, "rate_rand": rate_rand, "lat": lat,
             "extra": extra, "io": q_val.nbytes + len(q_val) * ours.out_features * ours.output_dtype.itemsize,
             "acc_ours": float((out_ours.argmax(1) == y_val).mean()), "acc_lite": float((out_lite.argmax(1) == y_val).mean()),
             "agree": float((out_ours.argmax(1) == out_lite.argmax(1)).mean()), "exact": exact}
@@ -217,6 +221,11 @@ def print_table(rows: list[dict], args) -> None:
               f"{om * 1e6:>16.1f}{op * 1e6:>8.1f}{lm * 1e6:>8.1f}{lp * 1e6:>8.1f}{om / lm:>7.2f} |"
               f"{r['extra'] / 2**20:>9.2f}{r['io'] / 2**20:>10.2f} |"
               f"{r['acc_ours']:>9.4f}{r['acc_lite']:>8.4f}{r['agree']:>7.4f}{'yes' if r['exact'] else 'NO':>7}")
+    print(f"\nBatched ratio ours/TFLite round by round ({args.repeats} rounds, each side's {INNER} calls against the "
+          "other's in the same round):")
+    for r in rows:
+        lo, med, hi = np.percentile(r["rounds"], [0, 50, 100])
+        print(f"{r['name']:<17}min {lo:.2f}  median {med:.2f}  max {hi:.2f}")
     print("\nThe same, batched over 10k random int8 inputs (dense: none of the dark pixels our kernel skips):")
     for r in rows:
         rr = r["rate_rand"]

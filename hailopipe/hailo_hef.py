@@ -25,35 +25,7 @@ File layout (all header integers big-endian, packed; facts of the format as Hail
     The body (proto_size bytes right after the header) is a protobuf `ProtoHEFHef`.  xxh3 needs
     the optional `xxhash` package; without it the hash is reported as not verified.
 
-Protobuf fields used (message.field = number), from HailoRT's public hef.proto; everything else
-(microcode contexts, CCWs, ...) is skipped as unknown fields:
-
-    Hef: header=1, network_groups=2 (repeated)
-    Header: hw_arch=1 (enum, see HW_ARCHS), timestamp=2, sdk_version_str=3, version=4,
-        sdk_version=5 {major=1, minor=2, revision=3}
-    NetworkGroup: network_group_metadata=1, contexts=3, sorted_outputs_order=4,
-        fused_layers_metadata=5 {network_has_fused_layers=1, updated_sorted_output_names=2},
-        networks_names=6, partial_network_groups=7 {network_group=1}, ops=8, pad_edges=9
-        {src=1, dst=2}, network_group_name=10.  Newer HEFs put the device part in
-        ops[i].core_op (same field numbers 1,3,4,5,6; partial_core_ops=7 {core_op=1}).
-    NetworkGroupMetadata: network_group_name=1, transposed_net=3
-    Op: name=1, input_pads=2, output_pads=3, core_op=4, nms_op=5, logits_op=6 {logits_type=1}
-    Pad: index=1, name=2, format_order=3, numeric_info=5, tensor_shape=6 {height=1, width=3,
-        features=5}, nms_shape=7, format_type=8
-    NmsOp: nms_score_th=1, nms_iou_th=2, max_proposals_per_class=3, classes=4, one of
-        yolo=7 / yolox=8 / ssd=9 / iou=10 / yolo_seg=11 / yolov8=12, bbox_decoding_only=13
-    Context: metadata=3 -> ContextMetadata: edge_layers=2
-    EdgeLayer: direction=1 (0 host->device, 1 device->host), edge_layer_type=2 (0 info, 1 mux,
-        2 planes), layer_info=3, layer_mux=4, context_switch_info=5 {edge_connection_type=3,
-        0 = boundary}, network_index=6, pad_index=7, layer_planes=8
-    EdgeLayerInfo: name=1, edge_layer_base=2, numeric_info=3, transposed=6
-    EdgeLayerMux: name=1, predecessors=5 {layer_info=1, layer_mux=2, layer_planes=3}
-    EdgeLayerPlanes: name=1, planes_format=2, planes=3, height=4, width=5, features=6
-    EdgeLayerBase: height=1, width=3, features=5, format=7 (compiler order code), data_bytes=12,
-        additional_info=11 {nms_info=1 {number_of_classes=2, max_output_size=3,
-        input_division_factor=7}}
-    NumericInfo: qp_zp=1, qp_scale=2, limvals_min=3, limvals_max=4 (float32)
-    (The schema is built at import time with descriptor_pb2, proto3 like hef.proto; no codegen.)
+The protobuf fields read, and the tables that name their enum values, are in `hailo_hef_schema`.
 
 Vstreams are the boundary edge layers of all contexts (mux layers expand to their
 predecessors); outputs are sorted by sorted_outputs_order, as HailoRT does.  `order` is the
@@ -71,9 +43,9 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
+from hailopipe import hailo_hef_schema as schema
 from hailopipe.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -82,120 +54,6 @@ HAILO_HEF_MAGIC = 0x01484546
 MAX_HEF_BYTES = 512 << 20  # refuse larger files before reading them
 _COMMON = struct.Struct(">III")
 _HEADER_SIZES = {0: 32, 1: 28, 2: 44, 3: 56}
-
-# ProtoHEFHwArch -> name; hailo8 branch and master differ only above HAILO8L (5 was HAILO10H,
-# 103 is HAILO15H there and HAILO1XH on master).
-HW_ARCHS = {0: "HAILO8", 1: "HAILO8P", 2: "HAILO8R", 3: "HAILO8L", 4: "HAILO15M", 5: "HAILO10H",
-            6: "HAILO15L", 100: "SAGE_A0", 101: "SAGE_B0", 102: "PAPRIKA_B0", 103: "HAILO15H",
-            104: "GINGER", 105: "LAVENDER", 106: "PLUTO", 108: "MARS"}
-# Device architectures a HEF arch runs on (what "HEF Compatible for:" prints).
-_COMPATIBLE = {"HAILO8": ["HAILO8"], "HAILO8P": ["HAILO8"], "HAILO8R": ["HAILO8"],
-               "SAGE_B0": ["HAILO8"], "PAPRIKA_B0": ["HAILO8"], "SAGE_A0": ["HAILO8_A0"],
-               "HAILO8L": ["HAILO8L", "HAILO8"], "HAILO15H": ["HAILO15H", "HAILO10H"],
-               "GINGER": ["HAILO15H", "HAILO10H"], "LAVENDER": ["HAILO15H", "HAILO10H"],
-               "HAILO15M": ["HAILO15M", "HAILO15H", "HAILO10H"], "HAILO15L": ["HAILO15L"],
-               "PLUTO": ["HAILO15L"], "HAILO10H": ["HAILO10H"], "MARS": ["HAILO12L"]}
-# EdgeLayerBase.format (compiler code) -> host-side vstream order (device order, then HailoRT's
-# default host order for it).
-_HOST_ORDER = {0: "NHWC", 1: "NHWC", 2: "NC", 3: "FCR", 4: "BAYER RGB", 5: "NHW",
-               6: "HAILO NMS BY CLASS", 7: "F8CR", 8: "NHWC", 11: "YUY2", 13: "NHWC", 14: "NV12",
-               15: "NV21", 16: "I420"}
-# Order/type enums as written in Pad.format_order / Pad.format_type (= hailo_format_*_t values).
-_ORDERS = ["AUTO", "NHWC", "NHCW", "FCR", "F8CR", "NHW", "NC", "BAYER RGB", "12 BIT BAYER RGB",
-           "HAILO NMS", "RGB 888", "NCHW", "YUY2", "NV12", "NV21", "YYUV", "YYVU"]
-_TYPES = ["AUTO", "UINT8", "UINT16", "FLOAT32"]
-_PLANES = {0: "NV12", 1: "NV21", 2: "I420"}
-_NMS_KINDS = {"yolo": "YOLOv5", "yolox": "YOLOX", "ssd": "SSD", "iou": "IoU",
-              "yolo_seg": "YOLOv5-Seg", "yolov8": "YOLOv8"}
-
-# --- minimal schema: (field, number, type); "*" = repeated, "?" = proto3 `optional` (has
-# presence), capitalised type = message ------------------------------------------------------
-_SCHEMA = {
-    "Hef": [("header", 1, "Header"), ("network_groups", 2, "*NetworkGroup")],
-    "Header": [("hw_arch", 1, "i32"), ("timestamp", 2, "u64"), ("sdk_version_str", 3, "str"),
-               ("version", 4, "u64"), ("sdk_version", 5, "SdkVersion")],
-    "SdkVersion": [("major", 1, "u32"), ("minor", 2, "u32"), ("revision", 3, "u32")],
-    "NetworkGroup": [("network_group_metadata", 1, "NgMetadata"), ("contexts", 3, "*Context"),
-                     ("sorted_outputs_order", 4, "*str"), ("fused_layers_metadata", 5, "Fused"),
-                     ("networks_names", 6, "*str"), ("partial_network_groups", 7, "*PartialNg"),
-                     ("ops", 8, "*Op"), ("pad_edges", 9, "*PadEdge"),
-                     ("network_group_name", 10, "str")],
-    "PartialNg": [("network_group", 1, "NetworkGroup")],
-    "CoreOp": [("network_group_metadata", 1, "NgMetadata"), ("contexts", 3, "*Context"),
-               ("sorted_outputs_order", 4, "*str"), ("fused_layers_metadata", 5, "Fused"),
-               ("networks_names", 6, "*str"), ("partial_core_ops", 7, "*PartialCoreOp")],
-    "PartialCoreOp": [("core_op", 1, "CoreOp")],
-    "NgMetadata": [("network_group_name", 1, "str"), ("transposed_net", 3, "bool")],
-    "Fused": [("network_has_fused_layers", 1, "bool"), ("updated_sorted_output_names", 2, "*str")],
-    "PadEdge": [("src", 1, "u32"), ("dst", 2, "u32")],
-    "Op": [("name", 1, "str"), ("input_pads", 2, "*Pad"), ("output_pads", 3, "*Pad"),
-           ("core_op", 4, "CoreOp"), ("nms_op", 5, "NmsOp"), ("logits_op", 6, "LogitsOp")],
-    "Pad": [("index", 1, "u32"), ("name", 2, "str"), ("format_order", 3, "i32"),
-            ("numeric_info", 5, "NumericInfo"), ("tensor_shape", 6, "TensorShape"),
-            ("nms_shape", 7, "NmsShape"), ("format_type", 8, "i32")],
-    "TensorShape": [("height", 1, "u32"), ("width", 3, "u32"), ("features", 5, "u32")],
-    "NmsShape": [("number_of_classes", 1, "u32"), ("max_bboxes_per_class", 2, "u32")],
-    "NmsOp": [("nms_score_th", 1, "double"), ("nms_iou_th", 2, "double"),
-              ("max_proposals_per_class", 3, "u32"), ("classes", 4, "u32"),
-              ("yolo", 7, "Empty"), ("yolox", 8, "Empty"), ("ssd", 9, "Empty"),
-              ("iou", 10, "Empty"), ("yolo_seg", 11, "Empty"), ("yolov8", 12, "Empty"),
-              ("bbox_decoding_only", 13, "bool")],
-    "Empty": [],
-    "LogitsOp": [("logits_type", 1, "i32")],
-    "Context": [("context_index", 1, "u32"), ("metadata", 3, "ContextMetadata")],
-    "ContextMetadata": [("name", 1, "str"), ("edge_layers", 2, "*EdgeLayer")],
-    "EdgeLayer": [("direction", 1, "i32"), ("edge_layer_type", 2, "i32"),
-                  ("layer_info", 3, "LayerInfo"), ("layer_mux", 4, "LayerMux"),
-                  ("context_switch_info", 5, "SwitchInfo"), ("network_index", 6, "u32"),
-                  ("pad_index", 7, "?u32"), ("layer_planes", 8, "LayerPlanes")],
-    "SwitchInfo": [("edge_connection_type", 3, "i32")],
-    "Edge": [("layer_info", 1, "LayerInfo"), ("layer_mux", 2, "LayerMux"),
-             ("layer_planes", 3, "LayerPlanes")],
-    "LayerInfo": [("name", 1, "str"), ("edge_layer_base", 2, "Base"),
-                  ("numeric_info", 3, "NumericInfo"), ("transposed", 6, "bool")],
-    "LayerMux": [("name", 1, "str"), ("predecessors", 5, "*Edge")],
-    "LayerPlanes": [("name", 1, "str"), ("planes_format", 2, "i32"), ("planes", 3, "*Edge"),
-                    ("height", 4, "u32"), ("width", 5, "u32"), ("features", 6, "u32")],
-    "Base": [("height", 1, "u32"), ("width", 3, "u32"), ("features", 5, "u32"),
-             ("format", 7, "u32"), ("additional_info", 11, "AdditionalInfo"),
-             ("data_bytes", 12, "u32")],
-    "AdditionalInfo": [("nms_info", 1, "NmsInfo")],
-    "NmsInfo": [("number_of_classes", 2, "u64"), ("max_output_size", 3, "u64"),
-                ("input_division_factor", 7, "u64")],
-    "NumericInfo": [("qp_zp", 1, "float"), ("qp_scale", 2, "float"), ("limvals_min", 3, "float"),
-                    ("limvals_max", 4, "float")],
-}
-
-
-def _build_schema() -> dict:
-    """Compile _SCHEMA into message classes (proto3, like hef.proto: strings must be UTF-8)."""
-    F = descriptor_pb2.FieldDescriptorProto
-    scalars = {"i32": F.TYPE_INT32, "u32": F.TYPE_UINT32, "u64": F.TYPE_UINT64,
-               "bool": F.TYPE_BOOL, "str": F.TYPE_STRING, "float": F.TYPE_FLOAT,
-               "double": F.TYPE_DOUBLE}
-    fdp = descriptor_pb2.FileDescriptorProto(name="hailopipe_hef.proto",
-                                             package="hailopipe.hef", syntax="proto3")
-    for msg_name, fields in _SCHEMA.items():
-        msg = fdp.message_type.add(name=msg_name)
-        for fname, number, ftype in fields:
-            repeated, optional = ftype.startswith("*"), ftype.startswith("?")
-            ftype = ftype.lstrip("*?")
-            f = msg.field.add(name=fname, number=number,
-                              label=F.LABEL_REPEATED if repeated else F.LABEL_OPTIONAL)
-            if optional:  # proto3 `optional`: a synthetic one-field oneof gives presence
-                f.proto3_optional, f.oneof_index = True, len(msg.oneof_decl)
-                msg.oneof_decl.add(name="_" + fname)
-            if ftype in scalars:
-                f.type = scalars[ftype]
-            else:
-                f.type, f.type_name = F.TYPE_MESSAGE, ".hailopipe.hef." + ftype
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(fdp)
-    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName("hailopipe.hef." + name))
-            for name in _SCHEMA}
-
-
-_PB = _build_schema()
 
 
 class HefFormatError(PipelineError, ValueError):
@@ -250,7 +108,7 @@ class HailoHefInfo:
     @property
     def compatible_archs(self) -> list[str]:
         """Device architectures HailoRT accepts this HEF on (what parse-hef prints)."""
-        return _COMPATIBLE.get(self.hw_arch, [self.hw_arch])
+        return schema.COMPATIBLE.get(self.hw_arch, [self.hw_arch])
 
 
 def is_hailo_hef(head: bytes) -> bool:
@@ -360,7 +218,7 @@ def _format_type(data_bytes: int) -> str:
 
 def _layer_stream(info, direction: str, network: str, transposed_net: bool) -> StreamInfo:
     base = info.edge_layer_base
-    order = _HOST_ORDER.get(base.format, f"UNKNOWN({base.format})")
+    order = schema.HOST_ORDER.get(base.format, f"UNKNOWN({base.format})")
     if order == "HAILO NMS BY CLASS":
         nms = base.additional_info.nms_info
         per_class = nms.max_output_size * max(nms.input_division_factor, 1)
@@ -386,7 +244,7 @@ def _edge_streams(edge, direction: str, network: str, transposed_net: bool) -> l
             ftype = _format_type(planes.planes[0].layer_info.edge_layer_base.data_bytes)
         q = planes.planes[0].layer_info.numeric_info if planes.planes else None
         return [StreamInfo(planes.name, direction, ftype,
-                           _PLANES.get(planes.planes_format, f"UNKNOWN({planes.planes_format})"),
+                           schema.PLANES.get(planes.planes_format, f"UNKNOWN({planes.planes_format})"),
                            (planes.height, planes.width, planes.features),
                            _quant(q) if q is not None else QuantInfo(0.0, 1.0, 0.0, 0.0), network)]
     if edge.HasField("layer_info"):
@@ -415,8 +273,8 @@ def _host_op(op, pad_to_stream: dict, pad_edges: dict, network: str):
         if srcs and srcs[0] is not None and op.output_pads:
             src, pad = srcs[0], op.output_pads[0]
             shape = src.shape[:2] + (1,) if kind == "ARGMAX" and len(src.shape) == 3 else src.shape
-            order = _ORDERS[pad.format_order] if 0 <= pad.format_order < len(_ORDERS) else "AUTO"
-            ftype = _TYPES[pad.format_type] if 0 <= pad.format_type < len(_TYPES) else "AUTO"
+            order = schema.ORDERS[pad.format_order] if 0 <= pad.format_order < len(schema.ORDERS) else "AUTO"
+            ftype = schema.TYPES[pad.format_type] if 0 <= pad.format_type < len(schema.TYPES) else "AUTO"
             outs.append(StreamInfo(pad.name, "output", ftype, order, shape,
                                    _quant(pad.numeric_info), network))
         text = f"{op.name}: {kind} on host, {', '.join(consumed) or '?'} -> " + \
@@ -424,7 +282,7 @@ def _host_op(op, pad_to_stream: dict, pad_edges: dict, network: str):
         return text, consumed, outs
     if op.HasField("nms_op"):
         nms = op.nms_op
-        kind = next((v for k, v in _NMS_KINDS.items() if nms.HasField(k)), "NMS")
+        kind = next((v for k, v in schema.NMS_KINDS.items() if nms.HasField(k)), "NMS")
         outs = [StreamInfo(p.name, "output", "FLOAT32", "HAILO NMS BY CLASS",
                            (nms.classes, 5, nms.max_proposals_per_class),
                            QuantInfo(0.0, 1.0, 0.0, 0.0), network) for p in op.output_pads[:1]]
@@ -480,7 +338,7 @@ def read_hailo_hef(path, *, max_bytes: int = MAX_HEF_BYTES) -> HailoHefInfo:
         raise HefFormatError(f"{path!r}: not a file path") from exc
     data = _read_bytes(path, max_bytes)
     version, body, checksum = _check_header(path, data)
-    hef = _PB["Hef"]()
+    hef = schema.MESSAGES["Hef"]()
     try:
         hef.ParseFromString(body)
     except DecodeError as exc:
@@ -490,7 +348,7 @@ def read_hailo_hef(path, *, max_bytes: int = MAX_HEF_BYTES) -> HailoHefInfo:
     if not hef.HasField("header"):
         raise HefFormatError(f"{path}: protobuf body has no HEF header message")
     arch_id = hef.header.hw_arch
-    hw_arch = HW_ARCHS.get(arch_id, f"UNKNOWN({arch_id})")
+    hw_arch = schema.HW_ARCHS.get(arch_id, f"UNKNOWN({arch_id})")
     sdk = hef.header.sdk_version_str
     if not sdk and hef.header.HasField("sdk_version"):
         v = hef.header.sdk_version

@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 
 from hailopipe import hef, tflite
-from hailopipe.hailo_hef import _PB, read_hailo_hef
+from hailopipe.hailo_hef import read_hailo_hef
+from hailopipe.hailo_hef_schema import MESSAGES
 from tests.conftest import random_network
 from tests.fuzzing import (LINUX_ONLY, PATH_CASES, Format, check, deep, json_text, mutate_bytes, mutate_json,
                            raw_cases, tiny_net, tiny_qnet)
@@ -179,7 +180,7 @@ def hailo_hef_cases(rng) -> Iterator[tuple[str, bytes]]:
     for _ in range(300):
         kind, mutated = mutate_bytes(rng, body)
         yield f"resealed-bytes:{kind}", reseal_v0(mutated)
-    parsed = _PB["Hef"].FromString(body)
+    parsed = MESSAGES["Hef"].FromString(body)
     for _ in range(400):
         m = copy.deepcopy(parsed)
         labels = [mutate_proto(rng, m) for _ in range(int(rng.integers(1, 4)))]

@@ -1,4 +1,4 @@
-"""The hailo backend (hailopipe/backends/hailo.py) against the SDK stand-in in tests/fake_hailo.
+"""The hailo backend (hailopipe/backends/hailo.py, hailo_sdk.py) against the SDK stand-in in tests/fake_hailo.
 
 The real Dataflow Compiler and HailoRT cannot be installed here, so these tests check the adapter
 against fake `hailo_sdk_client` / `hailo_platform` packages that record every call and refuse what

@@ -1,4 +1,4 @@
-"""Tests for hailopipe.hailo_hef on a real Hailo-8 HEF (DFC 3.27.0) and on broken copies of it."""
+"""Tests for hailopipe.hailo_hef (and its schema, hailo_hef_schema) on a real Hailo-8 HEF (DFC 3.27.0) and on broken copies of it."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from hailopipe.hailo_hef import (HAILO_HEF_MAGIC, HailoHefInfo, HefFormatError, _PB, describe,
-                                 is_hailo_hef, main, read_hailo_hef)
+from hailopipe.hailo_hef import (HAILO_HEF_MAGIC, HailoHefInfo, HefFormatError, describe, is_hailo_hef, main,
+                                 read_hailo_hef)
+from hailopipe.hailo_hef_schema import MESSAGES
 
 REAL_HEF = Path(__file__).resolve().parents[1].parent / "shared/data/hef/mnist_cnn.hef"
 
@@ -233,7 +234,7 @@ def test_undecodable_body(tmp_path):
 
 
 def test_body_without_network_groups(tmp_path):
-    hef = _PB["Hef"]()
+    hef = MESSAGES["Hef"]()
     hef.header.sdk_version_str = "3.27.0"
     _expect_error(_write(tmp_path, _wrap(hef.SerializeToString(), 0)), "no network groups")
 
@@ -249,7 +250,7 @@ def test_size_limit(tmp_path, hef_bytes):
 # --- a synthetic HEF with the newer layout: core op + host softmax op, two contexts -------------
 
 def _synthetic_hef() -> bytes:
-    hef = _PB["Hef"]()
+    hef = MESSAGES["Hef"]()
     hef.header.hw_arch = 3  # HAILO8L
     hef.header.sdk_version.major, hef.header.sdk_version.minor = 3, 28
     ng = hef.network_groups.add()
@@ -262,7 +263,7 @@ def _synthetic_hef() -> bytes:
     e = ctx0.metadata.edge_layers.add(direction=0)
     e.layer_info.name = "net/input_layer1"
     e.layer_info.edge_layer_base.MergeFrom(
-        _PB["Base"](height=28, width=28, features=1, format=1, data_bytes=1))
+        MESSAGES["Base"](height=28, width=28, features=1, format=1, data_bytes=1))
     e.layer_info.numeric_info.qp_scale = 1.0
     e.layer_info.numeric_info.limvals_max = 255.0
     inter = ctx0.metadata.edge_layers.add(direction=1)  # context-to-context edge: not a vstream
@@ -272,7 +273,7 @@ def _synthetic_hef() -> bytes:
         o = ctx1.metadata.edge_layers.add(direction=1, pad_index=pad)
         o.layer_info.name = name
         o.layer_info.edge_layer_base.MergeFrom(
-            _PB["Base"](height=1, width=1, features=10, format=2, data_bytes=2))
+            MESSAGES["Base"](height=1, width=1, features=10, format=2, data_bytes=2))
         o.layer_info.numeric_info.qp_scale, o.layer_info.numeric_info.qp_zp = 0.5, 3.0
     sm = ng.ops.add(name="softmax1")
     sm.logits_op.logits_type = 1

@@ -1,5 +1,6 @@
-"""The HailoRT-shaped runtime API: queries on emulated and real HEFs, the legacy (InferVStreams) and
-InferModel flows against the integer engine, and every kind of misuse raising HailoRTException."""
+"""The HailoRT-shaped runtime API (hailopipe.runtime and hailopipe.streams): queries on emulated and
+real HEFs, the legacy (InferVStreams) and InferModel flows against the integer engine, and every
+kind of misuse raising HailoRTException."""
 
 import numpy as np
 import pytest

@@ -21,166 +21,33 @@ normalization says otherwise.  Layers are named `dense<i>` in params.yaml and re
 emulator names them) and mapped to the SDK's own HN names (`fc<i>`) in the model script.
 
 Without the SDK, `check_available()` raises one PipelineError saying what to install and where.
-All SDK failures become one-line PipelineErrors; HARs and HEFs are written atomically.
+All SDK failures become one-line PipelineErrors; HARs and HEFs are written atomically (that
+plumbing, with the install and version checks, is in `hailo_sdk`).
 Not tested against the real SDK here: see docs/hailo-backend.md and `bench/hailo_e2e.py`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import fnmatch
-import importlib.util
 import logging
 import os
-import platform
 import re
-import sys
-import tempfile
 import time
-from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
 from hailopipe import optimizer
-from hailopipe.backends import compiled_har_path
+from hailopipe.backends import compiled_har_path, hailo_sdk
+from hailopipe.backends.hailo_sdk import check_available, versions  # noqa: F401  (the backend's interface)
 from hailopipe.errors import PipelineError
 from hailopipe.fileio import write_bytes
 from hailopipe.network import Dense, Network
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = (
-    "backend 'hailo' needs Hailo's Dataflow Compiler (module hailo_sdk_client, wheel "
-    "hailo_dataflow_compiler-<version>-py3-none-linux_x86_64.whl) and, to run the HEF on a device, "
-    "HailoRT (module hailo_platform, wheel hailort-<version>-cp3XX-cp3XX-linux_<arch>.whl); both "
-    "come from Hailo's Developer Zone https://hailo.ai/developer-zone/ (registration required), for "
-    "Linux x86_64 (HailoRT also aarch64) and Python 3.10-3.11 (DFC 3.31-3.33; DFC 5.x 3.10-3.12): DFC 3.x with "
-    "HailoRT 4.x for hailo8/hailo8r/hailo8l, DFC 5.x with HailoRT 5.x for hailo10h/hailo15h/m/l. "
-    "`pip install` both wheels into this venv (see docs/hailo-backend.md), or set backend: emulator "
-    "in params.yaml"
-)
-HEF_MAGIC = b"\x01HEF"
-# hw_arch -> (family, DFC major, HailoRT major): reference "Version split".
-FAMILIES = {**{a: ("Hailo-8", 3, 4) for a in ("hailo8", "hailo8r", "hailo8l")},
-            **{a: ("Hailo-10/15", 5, 5) for a in ("hailo10h", "hailo15h", "hailo15m", "hailo15l")}}
 SDK_PRECISION_MODES = ("a8_w8", "a8_w4", "a16_w16", "a16_w8", "a8_w8_a16", "a16_w8_a16")
 PIXEL_MAX = 255.0
-
-
-# --- availability, versions ------------------------------------------------------------------
-
-def check_available() -> None:
-    """Called by backends.get("hailo"): without hailo_sdk_client, one error saying what to install."""
-    if importlib.util.find_spec("hailo_sdk_client") is None:
-        here = f"Python {sys.version_info.major}.{sys.version_info.minor} on {platform.system()} {platform.machine()}"
-        raise PipelineError(f"params.yaml: {INSTALL_HINT} (this interpreter: {here})")
-
-
-def _sdk() -> SimpleNamespace:
-    """The DFC classes the adapter uses; a broken install is one clear error, not a traceback."""
-    check_available()
-    try:
-        import hailo_sdk_client
-        from hailo_sdk_client import ClientRunner, InferenceContext
-        from hailo_sdk_client.exposed_definitions import States
-        from hailo_sdk_client.model_translator.exceptions import ParsingWithRecommendationException
-    except Exception as exc:  # ImportError, or whatever a mismatched TF/numpy raises at import
-        raise PipelineError(f"hailo_sdk_client is installed but does not import ({type(exc).__name__}: {exc}); "
-                            "reinstall the Dataflow Compiler wheel in a clean venv") from None
-    return SimpleNamespace(ClientRunner=ClientRunner, InferenceContext=InferenceContext, States=States,
-                           ParsingError=ParsingWithRecommendationException,
-                           version=_version(hailo_sdk_client, "hailo-dataflow-compiler"))
-
-
-def _hailort():
-    try:
-        import hailo_platform
-    except Exception as exc:  # ImportError, or HailoRT's MissingPyHRTLib / version-mismatch errors
-        raise PipelineError(f"running the HEF needs HailoRT (hailo_platform), which does not import "
-                            f"({exc}); {INSTALL_HINT}") from None
-    return hailo_platform
-
-
-def _version(module, dist: str) -> str:
-    from importlib import metadata
-
-    version = getattr(module, "__version__", None)
-    if version is None:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            version = metadata.version(dist)
-    return str(version or "unknown")
-
-
-def versions() -> dict:
-    """Installed SDK versions (None when a package is missing), for logs and reports."""
-    out = {"hailo_sdk_client": _sdk().version, "hailo_platform": None}
-    with contextlib.suppress(PipelineError):
-        out["hailo_platform"] = _version(_hailort(), "hailort")
-    return out
-
-
-def check_versions(hw_arch: str, dfc: str | None = None, hailort: str | None = None, where: str = "") -> None:
-    """Hailo-8 family needs DFC 3.x / HailoRT 4.x, Hailo-10/15 need 5.x: one clear error otherwise."""
-    where = where or f"params.yaml: hw_arch {hw_arch}"
-    if hw_arch not in FAMILIES:
-        raise PipelineError(f"params.yaml: hw_arch {hw_arch!r} is not one of {', '.join(FAMILIES)}")
-    family, dfc_major, hrt_major = FAMILIES[hw_arch]
-    for what, version, major in (("Dataflow Compiler (hailo_sdk_client)", dfc, dfc_major),
-                                 ("HailoRT (hailo_platform)", hailort, hrt_major)):
-        if version not in (None, "unknown") and version.split(".")[0] != str(major):
-            raise PipelineError(
-                f"{where} ({family} family) needs the {what} {major}.x, but "
-                f"{version} is installed; Hailo-8/8R/8L use DFC 3.x + HailoRT 4.x, Hailo-10H/15 use "
-                "DFC 5.x + HailoRT 5.x (set hw_arch to match, or install the matching wheels)")
-
-
-@contextlib.contextmanager
-def _sdk_call(what: str):
-    """Turn any exception the closed-source SDK raises into one line naming what was being done."""
-    try:
-        yield
-    except PipelineError:
-        raise
-    except Exception as exc:  # the SDK's exception types are not public
-        log.debug("%s failed", what, exc_info=True)
-        detail = " ".join(str(exc).split()) or "no message"
-        raise PipelineError(f"{what}: {type(exc).__name__}: {detail}") from None
-
-
-def _runner(sdk, har_path=None, hw_arch: str | None = None):
-    kwargs = {} if hw_arch is None else {"hw_arch": hw_arch}
-    what = f"ClientRunner(hw_arch={hw_arch!r}) failed"
-    if har_path is not None:
-        if not Path(har_path).is_file():
-            raise PipelineError(f"{har_path}: file not found")
-        kwargs["har"], what = str(har_path), f"{har_path}: the Dataflow Compiler could not load the HAR"
-    with _sdk_call(what):
-        return sdk.ClientRunner(**kwargs)
-
-
-def _expect_state(runner, states, har_path) -> None:
-    if runner.state not in states:
-        names = " or ".join(str(getattr(s, "name", s)) for s in states)
-        raise PipelineError(f"{har_path}: HAR is in state {getattr(runner.state, 'name', runner.state)}, "
-                            f"expected {names}; re-run the earlier stages with backend: hailo")
-
-
-def _save_har(runner, path) -> None:
-    """`save_har` to a temporary name beside `path`, then rename: a killed stage leaves no half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".har", dir=path.parent)
-    os.close(fd)
-    try:
-        with _sdk_call(f"{path}: save_har failed"):
-            runner.save_har(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 # --- the HN as the adapter needs it ----------------------------------------------------------
@@ -218,7 +85,7 @@ def _kernel_layers(hn: dict, source) -> list[tuple[str, dict, list[int]]]:
 
 def _float_network(runner, source) -> Network:
     """The parsed float network, named as the SDK names it (for the model script)."""
-    with _sdk_call(f"{source}: reading the HN and params"):
+    with hailo_sdk.sdk_call(f"{source}: reading the HN and params"):
         hn, params = runner.get_hn_dict(), dict(runner.get_params())
     dense = []
     for name, layer, _ in _kernel_layers(hn, source):
@@ -273,32 +140,6 @@ def _pixels(x: np.ndarray, shape, what: str, scale: float = PIXEL_MAX) -> np.nda
     return np.ascontiguousarray(x * np.float32(scale), np.float32)
 
 
-class _Collect(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if not record.name.startswith(("hailopipe", "stages")) and all(r is not record for r in self.records):
-            self.records.append(record)
-
-
-@contextlib.contextmanager
-def _sdk_warnings():
-    """Collect WARNING+ records logged while the SDK runs: on the root logger and on every
-    existing non-propagating logger (the SDK's own console loggers)."""
-    handler = _Collect()
-    loggers = [logging.getLogger()] + [l for l in logging.Logger.manager.loggerDict.values()
-                                       if isinstance(l, logging.Logger) and not l.propagate]
-    for lg in loggers:
-        lg.addHandler(handler)
-    try:
-        yield handler.records
-    finally:
-        for lg in loggers:
-            lg.removeHandler(handler)
-
-
 # --- the stages ------------------------------------------------------------------------------
 
 def _tflite_io(path) -> tuple[str, list[int], str]:
@@ -335,18 +176,18 @@ def _tflite_io(path) -> tuple[str, list[int], str]:
 
 def parse(tflite_path, har_path, net_name: str, hw_arch: str) -> dict:
     """translate_tf_model on the TFLite file, then save_har (state hailo_model)."""
-    sdk = _sdk()
-    check_versions(hw_arch, dfc=sdk.version)
+    sdk = hailo_sdk.sdk()
+    hailo_sdk.check_versions(hw_arch, dfc=sdk.version)
     start, shape, end = _tflite_io(tflite_path)
-    runner = _runner(sdk, hw_arch=hw_arch)
-    with _sdk_call(f"{tflite_path}: translate_tf_model failed"):
+    runner = hailo_sdk.runner(sdk, hw_arch=hw_arch)
+    with hailo_sdk.sdk_call(f"{tflite_path}: translate_tf_model failed"):
         try:
             runner.translate_tf_model(str(tflite_path), net_name, start_node_names=[start],
                                       end_node_names=[end], tensor_shapes={start: shape})
         except sdk.ParsingError as exc:
             raise PipelineError(f"{tflite_path}: the Dataflow Compiler could not parse the model (start "
                                 f"{start!r}, end {end!r}): {' '.join(str(exc).split())}") from None
-    _save_har(runner, har_path)
+    hailo_sdk.save_har(runner, har_path)
     net = _float_network(runner, har_path)
     return {"layers": [f"{l.name} {l.kernel.shape[0]}->{l.kernel.shape[1]} {l.activation}" for l in net.layers],
             "params": int(sum(l.kernel.size + l.bias.size for l in net.layers)),
@@ -356,10 +197,10 @@ def parse(tflite_path, har_path, net_name: str, hw_arch: str) -> dict:
 
 def optimize(har_path, out_har_path, calib: np.ndarray, cfg: optimizer.OptimizeConfig, hw_arch: str) -> dict:
     """load_model_script + optimize on raw-pixel calibration data, then save_har (quantized_model)."""
-    sdk = _sdk()
-    check_versions(hw_arch, dfc=sdk.version)
-    runner = _runner(sdk, har_path, hw_arch)
-    _expect_state(runner, (sdk.States.HAILO_MODEL,), har_path)
+    sdk = hailo_sdk.sdk()
+    hailo_sdk.check_versions(hw_arch, dfc=sdk.version)
+    runner = hailo_sdk.runner(sdk, har_path, hw_arch)
+    hailo_sdk.expect_state(runner, (sdk.States.HAILO_MODEL,), har_path)
     net = _float_network(runner, har_path)
     names = {f"dense{i}": l.name for i, l in enumerate(net.layers, 1)}
     unknown = sorted(set(cfg.precision) - set(names))
@@ -374,11 +215,11 @@ def optimize(har_path, out_har_path, calib: np.ndarray, cfg: optimizer.OptimizeC
     notes = [l.lstrip("# ") for l in lines if l.lstrip().startswith("#")]  # comments: not documented SDK syntax
     script = "".join(f"{l}\n" for l in lines if l.strip() and not l.lstrip().startswith("#"))
     _check_normalization(script, "the model script from params.yaml")
-    with _sdk_call(f"{har_path}: load_model_script refused the generated script"):
+    with hailo_sdk.sdk_call(f"{har_path}: load_model_script refused the generated script"):
         runner.load_model_script(script)
-    with _sdk_warnings() as records, _sdk_call(f"{har_path}: runner.optimize failed"):
+    with hailo_sdk.sdk_warnings() as records, hailo_sdk.sdk_call(f"{har_path}: runner.optimize failed"):
         runner.optimize(raw)
-    _save_har(runner, out_har_path)
+    hailo_sdk.save_har(runner, out_har_path)
     warnings = list(dict.fromkeys(" ".join(r.getMessage().split()) for r in records))
     warnings += [f"model script comment, not sent to the SDK: {n}" for n in notes]
     for w in warnings:
@@ -391,18 +232,18 @@ def optimize(har_path, out_har_path, calib: np.ndarray, cfg: optimizer.OptimizeC
 
 def compile(har_path, hef_path, hw_arch: str) -> dict:
     """runner.compile() -> HEF bytes, written atomically; the compiled HAR saved beside it."""
-    sdk = _sdk()
-    check_versions(hw_arch, dfc=sdk.version)
-    runner = _runner(sdk, har_path, hw_arch)
-    _expect_state(runner, (sdk.States.QUANTIZED_MODEL,), har_path)
-    with _sdk_call(f"{har_path}: runner.compile failed"):
+    sdk = hailo_sdk.sdk()
+    hailo_sdk.check_versions(hw_arch, dfc=sdk.version)
+    runner = hailo_sdk.runner(sdk, har_path, hw_arch)
+    hailo_sdk.expect_state(runner, (sdk.States.QUANTIZED_MODEL,), har_path)
+    with hailo_sdk.sdk_call(f"{har_path}: runner.compile failed"):
         hef = runner.compile()
-    if not isinstance(hef, (bytes, bytearray)) or bytes(hef[:4]) != HEF_MAGIC:
+    if not isinstance(hef, (bytes, bytearray)) or bytes(hef[:4]) != hailo_sdk.HEF_MAGIC:
         raise PipelineError(f"{har_path}: runner.compile() returned {type(hef).__name__} "
                             f"{bytes(hef[:4]) if isinstance(hef, (bytes, bytearray)) else ''!r}, not HEF bytes")
     write_bytes(hef_path, bytes(hef))
-    _save_har(runner, compiled_har_path(hef_path))
-    with _sdk_call(f"{har_path}: reading the HN"):
+    hailo_sdk.save_har(runner, compiled_har_path(hef_path))
+    with hailo_sdk.sdk_call(f"{har_path}: reading the HN"):
         hn, script = runner.get_hn_dict(), runner.model_script
     return _compile_report(hn, script, hef_path, har_path)
 
@@ -437,19 +278,19 @@ def _compile_report(hn: dict, script: str, hef_path, source) -> dict:
 
 
 def _emulate(har_path, x: np.ndarray, context: str, raw: bool) -> np.ndarray:
-    sdk = _sdk()
-    runner = _runner(sdk, har_path)
+    sdk = hailo_sdk.sdk()
+    runner = hailo_sdk.runner(sdk, har_path)
     states = ((sdk.States.HAILO_MODEL,) if context == "SDK_NATIVE"
               else (sdk.States.QUANTIZED_MODEL, sdk.States.COMPILED_MODEL))
-    _expect_state(runner, states, har_path)
-    with _sdk_call(f"{har_path}: reading the HN"):
+    hailo_sdk.expect_state(runner, states, har_path)
+    with hailo_sdk.sdk_call(f"{har_path}: reading the HN"):
         hn, script = runner.get_hn_dict(), runner.model_script
     first = next(l for l in hn["layers"].values() if l["type"] == "input_layer")
     shape = first["output_shapes"][0][1:]
     if raw and script.strip():  # optimize() loaded normalization([0], [255]); check it is still there
         _check_normalization(script, f"{har_path}: model script")
     data = _pixels(x, shape, f"{context} input", PIXEL_MAX if raw else 1.0)
-    with _sdk_call(f"{har_path}: {context} inference failed"):
+    with hailo_sdk.sdk_call(f"{har_path}: {context} inference failed"):
         with runner.infer_context(getattr(sdk.InferenceContext, context)) as ctx:
             out = runner.infer(ctx, data)
     out = out[0] if isinstance(out, (list, tuple)) else out
@@ -485,26 +326,26 @@ def _hef_info(hef_path):
 
 def infer_compiled(hef_path, x: np.ndarray) -> np.ndarray:
     """The HEF on a Hailo device through HailoRT, FLOAT32 vstreams: images in [0, 1] -> logits."""
-    hp = _hailort()
+    hp = hailo_sdk.hailort()
     try:
         with open(hef_path, "rb") as f:
             magic = f.read(4)
     except FileNotFoundError:
         raise PipelineError(f"{hef_path}: file not found") from None
-    if magic != HEF_MAGIC:
+    if magic != hailo_sdk.HEF_MAGIC:
         raise PipelineError(f"{hef_path}: not a Hailo HEF (magic {magic!r}); re-run the compile stage "
                             "with backend: hailo")
     info = _hef_info(hef_path)
     arch = info.hw_arch if info is not None else ""
     if arch.startswith(("HAILO8", "HAILO10", "HAILO15")):  # check against a params hw_arch of its family
-        check_versions("hailo8" if arch.startswith("HAILO8") else "hailo10h", hailort=_version(hp, "hailort"),
+        hailo_sdk.check_versions("hailo8" if arch.startswith("HAILO8") else "hailo10h", hailort=hailo_sdk.version(hp, "hailort"),
                        where=f"{hef_path}: a HEF for {arch}")
-    with _sdk_call("HailoRT: Device.scan failed"):
+    with hailo_sdk.sdk_call("HailoRT: Device.scan failed"):
         devices = hp.Device.scan()
     if not devices:
         raise PipelineError(f"{hef_path}: no Hailo device was found (hailo_platform.Device.scan() is "
                             "empty); running the HEF needs a Hailo device with its driver loaded")
-    with _sdk_call(f"{hef_path}: HailoRT inference failed"):
+    with hailo_sdk.sdk_call(f"{hef_path}: HailoRT inference failed"):
         hef = hp.HEF(str(hef_path))
         in_info, out_info = hef.get_input_vstream_infos()[0], hef.get_output_vstream_infos()[0]
         data = _pixels(x, in_info.shape, f"{hef_path}: input {in_info.name}")

@@ -71,9 +71,10 @@ def build_hef(qnet, hw_arch: str, normalization, sdk_version: str) -> bytes:
     """A v1 HEF for `qnet`: protobuf header + one single-context network group + a trailing
     section (declared as the CCW section) holding JSON metadata and the emulator's compiled file."""
     from hailopipe import hef as emulator_hef
-    from hailopipe.hailo_hef import _PB, HAILO_HEF_MAGIC
+    from hailopipe.hailo_hef import HAILO_HEF_MAGIC
+    from hailopipe.hailo_hef_schema import MESSAGES
 
-    pb = _PB["Hef"]()
+    pb = MESSAGES["Hef"]()
     pb.header.hw_arch = HEF_ARCH_IDS[hw_arch]
     pb.header.sdk_version_str = sdk_version
     ng = pb.network_groups.add()
@@ -85,11 +86,11 @@ def build_hef(qnet, hw_arch: str, normalization, sdk_version: str) -> bytes:
     h, w, c = qnet.input_shape
     edge = ctx.metadata.edge_layers.add(direction=0)
     edge.layer_info.name = f"{qnet.name}/input_layer1"
-    edge.layer_info.edge_layer_base.MergeFrom(_PB["Base"](height=h, width=w, features=c, format=1, data_bytes=1))
+    edge.layer_info.edge_layer_base.MergeFrom(MESSAGES["Base"](height=h, width=w, features=c, format=1, data_bytes=1))
     edge.layer_info.numeric_info.qp_scale, edge.layer_info.numeric_info.limvals_max = 1.0, 255.0
     edge = ctx.metadata.edge_layers.add(direction=1)
     edge.layer_info.name = f"{qnet.name}/{out.name}"
-    edge.layer_info.edge_layer_base.MergeFrom(_PB["Base"](height=1, width=1, features=out.kernel.shape[1], format=2,
+    edge.layer_info.edge_layer_base.MergeFrom(MESSAGES["Base"](height=1, width=1, features=out.kernel.shape[1], format=2,
                                                           data_bytes=1 if out.out_bits <= 8 else 2))
     qmin = -(1 << (out.out_bits - 1))
     num = edge.layer_info.numeric_info
