@@ -8,6 +8,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from hailopipe.hailo_hef import (HAILO_HEF_MAGIC, HailoHefInfo, HefFormatError, describe, is_hailo_hef, main,
                                  read_hailo_hef)
@@ -15,10 +16,6 @@ from hailopipe.hailo_hef_schema import MESSAGES
 
 REAL_HEF = Path(__file__).resolve().parents[1].parent / "shared/data/hef/mnist_cnn.hef"
 
-try:
-    import xxhash
-except ImportError:
-    xxhash = None
 
 
 @pytest.fixture(scope="module")
@@ -55,18 +52,20 @@ def _expect_error(path: Path, *fragments: str, **kwargs) -> str:
     return msg
 
 
-def _wrap(body: bytes, version: int, tail: bytes = b"") -> bytes:
-    """A HEF header of `version` around `body` (+ `tail` as the ccws section), checksummed."""
+def _wrap(body: bytes, version: int, tail: bytes = b"", body_hash: bool = False) -> bytes:
+    """A HEF header of `version` around `body` (+ `tail` as the ccws section), checksummed; for v3,
+    `body_hash` sets proto_xxh3_64 (the body's own hash, and then bytes may follow)."""
     rest = body + tail
     common = struct.pack(">III", HAILO_HEF_MAGIC, version, len(body))
     if version == 0:
         return common + struct.pack(">I", 0) + hashlib.md5(rest).digest() + rest
     if version == 1:
         return common + struct.pack(">IQI", zlib.crc32(rest), len(tail), 0) + rest
-    xxh = xxhash.xxh3_64_intdigest(rest) if xxhash else 0x1234
+    xxh = xxhash.xxh3_64_intdigest(rest)
     if version == 2:
         return common + struct.pack(">QQQQ", xxh, len(tail), 0, 0) + rest
-    return common + struct.pack(">QQIQQQ", xxh, len(tail), 0, 0, 0, 0) + rest
+    proto_xxh = xxhash.xxh3_64_intdigest(body) if body_hash else 0
+    return common + struct.pack(">QQIQQQ", 0 if body_hash else xxh, len(tail), 0, 0, proto_xxh, 0) + rest
 
 
 # --- the real file ----------------------------------------------------------------------------
@@ -156,10 +155,8 @@ def test_rewrapped_header_versions(tmp_path, body, info, version):
         assert got.checksum == info.checksum
     elif version == 1:
         assert got.checksum == f"crc32 {zlib.crc32(body):08x} (verified)"
-    elif xxhash is None:
-        assert got.checksum == "xxh3 (not verified: xxhash not installed)"
     else:
-        assert got.checksum.endswith("(verified)") and "not" not in got.checksum
+        assert got.checksum == f"xxh3_64 {xxhash.xxh3_64_intdigest(body):016x} (verified)"
 
 
 def test_v1_with_ccws_section(tmp_path, body, info):
@@ -178,11 +175,26 @@ def test_v1_ccws_missing(tmp_path, body):
     _expect_error(_write(tmp_path, data), "truncated")
 
 
-@pytest.mark.skipif(xxhash is None, reason="xxhash not installed")
-def test_v2_bad_xxh3(tmp_path, body):
-    data = bytearray(_wrap(body, 2))
-    data[-1] ^= 1
-    _expect_error(_write(tmp_path, bytes(data)), "xxh3_64 mismatch")
+def test_xxh3_is_the_reference_algorithm():
+    # XXH3-64 of the empty input with seed 0, from the xxHash specification's test vectors
+    assert xxhash.xxh3_64_intdigest(b"") == 0x2D06800538D394C2
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_bad_xxh3(tmp_path, body, version):
+    data = bytearray(_wrap(body, version, tail=b"\xaa" * 16))
+    data[-1] ^= 1  # in the ccws section: covered by the whole-file hash
+    _expect_error(_write(tmp_path, bytes(data)), "xxh3_64 mismatch", "corrupt")
+
+
+def test_v3_body_hash(tmp_path, body, info):
+    data = _wrap(body, 3, tail=b"\xaa" * 16, body_hash=True)
+    got = read_hailo_hef(_write(tmp_path, data + b"trailing bytes are allowed with a body hash"))
+    assert got.checksum == f"xxh3_64 of body {xxhash.xxh3_64_intdigest(body):016x} (verified)"
+    assert got.network_groups == info.network_groups
+    broken = bytearray(data)
+    broken[56 + 10] ^= 1  # in the body
+    _expect_error(_write(tmp_path, bytes(broken)), "xxh3_64 of body mismatch", "corrupt")
 
 
 # --- broken files ------------------------------------------------------------------------------
