@@ -17,7 +17,7 @@ Per Dense layer (derivation in `quant`):  acc = q_x @ q_w + bias_eff;  q_y = req
   for any input, and on MNIST digits about 1.5x as fast as on dense inputs.  Its header explains
   the layout.  It is compiled with the system C compiler (`$CC`, default `cc`) on first use and
   cached under `$HAILOPIPE_CACHE` (default `~/.cache/hailopipe`), keyed by a hash of the source and
-  flags.  It runs a network when the CPU has AVX2 and every layer has 8-bit weights and provably
+  flags (a new build deletes the libraries of earlier versions).  It runs a network when the CPU has AVX2 and every layer has 8-bit weights and provably
   fits int32 accumulators (`avx2_exact`: |b[c]| + max|x| sum_k |q_w[k, c]| < 2^31 for every
   channel c; true for a8_w8 layers of any realistic width, and for an 8-bit-weight layer after a
   16-bit one while its fan-in is small).
@@ -32,6 +32,7 @@ if it cannot run) or "numpy".  `Engine.kernel` tells which one runs.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -90,6 +91,10 @@ def _build(cache: Path) -> Path:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+        for old in cache.glob("qkernel-*.so"):  # earlier versions' builds; a process that has one
+            if old != lib:                      # loaded keeps its mapping, a new one rebuilds
+                with contextlib.suppress(OSError):
+                    old.unlink()
     return lib
 
 

@@ -216,8 +216,11 @@ def test_bad_inputs(kernel):
 def test_kernel_build_is_cached_and_failure_falls_back(tmp_path, monkeypatch):
     if engine.load_kernel()[0] is None:
         pytest.skip(f"AVX2 kernel unavailable here: {engine.load_kernel()[1]}")
+    stale = tmp_path / "qkernel-0123456789abcdef.so"  # an earlier version's build
+    stale.write_bytes(b"old")
     lib = engine._build(tmp_path)
     assert lib.parent == tmp_path and lib.stat().st_size > 0
+    assert not stale.exists()
     stamp = lib.stat().st_mtime_ns
     assert engine._build(tmp_path) == lib and lib.stat().st_mtime_ns == stamp  # reused, not rebuilt
     monkeypatch.setenv("HAILOPIPE_CACHE", str(tmp_path / "fresh"))
