@@ -21,6 +21,7 @@ from tests.conftest import ROOT
 
 REAL_HEF = ROOT.parent / "shared/data/hef/mnist_cnn.hef"
 PIPELINE_HEF = ROOT / "models" / "mnist.hef"  # the DVC pipeline's output, when it has been run
+TEST_HEF = ROOT / "tests" / "data" / "mnist_128x64.hef"  # a trained model committed for tests (make_model.py)
 DIGITS = sorted((ROOT / "tests" / "data" / "digits").iterdir())
 SCRIPT = shutil.which("hailopipe", path=os.path.dirname(sys.executable)) or shutil.which("hailopipe")
 needs_real_hef = pytest.mark.skipif(not REAL_HEF.is_file(), reason=f"real HEF not present: {REAL_HEF}")
@@ -151,9 +152,13 @@ def test_infer_text(files):
     assert "probability 0." in lines[0] or "probability 1.0000" in lines[0]
 
 
-@pytest.mark.skipif(not PIPELINE_HEF.is_file(), reason="models/mnist.hef not built (run the DVC pipeline)")
-def test_infer_real_digits_with_the_pipeline_model():
-    js = json.loads(cli("infer", PIPELINE_HEF, *DIGITS, "--json").stdout)
+@pytest.mark.parametrize("model", [
+    TEST_HEF,
+    pytest.param(PIPELINE_HEF, marks=pytest.mark.skipif(not PIPELINE_HEF.is_file(),
+                                                        reason="models/mnist.hef not built (run the DVC pipeline)")),
+], ids=["test-model", "pipeline-model"])
+def test_infer_real_digits_with_a_trained_model(model):
+    js = json.loads(cli("infer", model, *DIGITS, "--json").stdout)
     correct = sum(r["class"] == label_of(p) for r, p in zip(js["results"], DIGITS))
     assert correct >= len(DIGITS) - 1, f"{correct}/{len(DIGITS)} correct"
 
