@@ -17,10 +17,10 @@ Per Dense layer (derivation in `quant`):  acc = q_x @ q_w + bias_eff;  q_y = req
   for any input, and on MNIST digits about 1.5x as fast as on dense inputs.  Its header explains
   the layout.  It is compiled with the system C compiler (`$CC`, default `cc`) on first use and
   cached under `$HAILOPIPE_CACHE` (default `~/.cache/hailopipe`), keyed by a hash of the source and
-  flags (a new build deletes the libraries of earlier versions).  It runs a network when the CPU has AVX2 and every layer has 8-bit weights and provably
-  fits int32 accumulators (`avx2_exact`: |b[c]| + max|x| sum_k |q_w[k, c]| < 2^31 for every
-  channel c; true for a8_w8 layers of any realistic width, and for an 8-bit-weight layer after a
-  16-bit one while its fan-in is small).
+  flags (a new build deletes the libraries of earlier versions).  It runs a network when the CPU
+  has AVX2 and every layer has 8-bit weights and provably fits int32 accumulators (`avx2_exact`:
+  |b[c]| + max|x| sum_k |q_w[k, c]| < 2^31 for every channel c; true for a8_w8 layers of any
+  realistic width, and for an 8-bit-weight layer after a 16-bit one while its fan-in is small).
 * `numpy`: BLAS GEMM in floating point on integer-valued operands, exact while every partial sum is
   an integer below the format's exact range; the bound max|q_x| * max_c sum_k |q_w[k, c]| picks
   float32 (< 2^24) or float64 (< 2^53) per layer, so the product is exact whatever order BLAS sums

@@ -53,7 +53,7 @@ import numpy as np
 from hailopipe import quant
 from hailopipe.engine import Engine
 from hailopipe.streams import (HEF, Format, FormatOrder, FormatType, HailoRTException, HailoSchedulingAlgorithm,
-                               HailoStreamInterface, InferStream, QuantInfo, VStreamInfo, _pick)
+                               HailoStreamInterface, InferStream, QuantInfo, VStreamInfo, pick_stream)
 
 __all__ = ["HEF", "Format", "FormatOrder", "FormatType", "HailoRTException", "HailoSchedulingAlgorithm",
            "HailoStreamInterface", "InferStream", "QuantInfo", "VStreamInfo", "InferModel", "Bindings",
@@ -84,10 +84,10 @@ class InferModel:
     outputs = property(lambda self: list(self._outputs.values()))
 
     def input(self, name: str = "") -> InferStream:
-        return _pick(self._inputs, name, "input")
+        return pick_stream(self._inputs, name, "input")
 
     def output(self, name: str = "") -> InferStream:
-        return _pick(self._outputs, name, "output")
+        return pick_stream(self._outputs, name, "output")
 
     def set_batch_size(self, batch_size: int) -> None:
         if int(batch_size) < 1:
@@ -166,10 +166,10 @@ class Bindings:
         self._outputs = {s.name: BufferStream(s, "output") for s in outputs}
 
     def input(self, name: str = "") -> BufferStream:
-        return _pick(self._inputs, name, "input")
+        return pick_stream(self._inputs, name, "input")
 
     def output(self, name: str = "") -> BufferStream:
-        return _pick(self._outputs, name, "output")
+        return pick_stream(self._outputs, name, "output")
 
 
 @dataclass

@@ -211,7 +211,7 @@ class HEF:
         return list(g.sorted_outputs) or [s.name for s in g.outputs]
 
 
-def _pick(streams: dict, name: str, kind: str):
+def pick_stream(streams: dict, name: str, kind: str):
     """HailoRT's `input(name="")` / `output(name="")`: the only stream, or the one named."""
     if not name and len(streams) == 1:
         return next(iter(streams.values()))
