@@ -176,10 +176,10 @@ def _tflite_io(path) -> tuple[str, list[int], str]:
 
 def parse(tflite_path, har_path, net_name: str, hw_arch: str) -> dict:
     """translate_tf_model on the TFLite file, then save_har (state hailo_model)."""
-    sdk = hailo_sdk.sdk()
+    sdk = hailo_sdk.load_sdk()
     hailo_sdk.check_versions(hw_arch, dfc=sdk.version)
     start, shape, end = _tflite_io(tflite_path)
-    runner = hailo_sdk.runner(sdk, hw_arch=hw_arch)
+    runner = hailo_sdk.open_runner(sdk, hw_arch=hw_arch)
     with hailo_sdk.sdk_call(f"{tflite_path}: translate_tf_model failed"):
         try:
             runner.translate_tf_model(str(tflite_path), net_name, start_node_names=[start],
@@ -197,9 +197,9 @@ def parse(tflite_path, har_path, net_name: str, hw_arch: str) -> dict:
 
 def optimize(har_path, out_har_path, calib: np.ndarray, cfg: optimizer.OptimizeConfig, hw_arch: str) -> dict:
     """load_model_script + optimize on raw-pixel calibration data, then save_har (quantized_model)."""
-    sdk = hailo_sdk.sdk()
+    sdk = hailo_sdk.load_sdk()
     hailo_sdk.check_versions(hw_arch, dfc=sdk.version)
-    runner = hailo_sdk.runner(sdk, har_path, hw_arch)
+    runner = hailo_sdk.open_runner(sdk, har_path, hw_arch)
     hailo_sdk.expect_state(runner, (sdk.States.HAILO_MODEL,), har_path)
     net = _float_network(runner, har_path)
     names = {f"dense{i}": l.name for i, l in enumerate(net.layers, 1)}
@@ -232,9 +232,9 @@ def optimize(har_path, out_har_path, calib: np.ndarray, cfg: optimizer.OptimizeC
 
 def compile(har_path, hef_path, hw_arch: str) -> dict:
     """runner.compile() -> HEF bytes, written atomically; the compiled HAR saved beside it."""
-    sdk = hailo_sdk.sdk()
+    sdk = hailo_sdk.load_sdk()
     hailo_sdk.check_versions(hw_arch, dfc=sdk.version)
-    runner = hailo_sdk.runner(sdk, har_path, hw_arch)
+    runner = hailo_sdk.open_runner(sdk, har_path, hw_arch)
     hailo_sdk.expect_state(runner, (sdk.States.QUANTIZED_MODEL,), har_path)
     with hailo_sdk.sdk_call(f"{har_path}: runner.compile failed"):
         hef = runner.compile()
@@ -278,8 +278,8 @@ def _compile_report(hn: dict, script: str, hef_path, source) -> dict:
 
 
 def _emulate(har_path, x: np.ndarray, context: str, raw: bool) -> np.ndarray:
-    sdk = hailo_sdk.sdk()
-    runner = hailo_sdk.runner(sdk, har_path)
+    sdk = hailo_sdk.load_sdk()
+    runner = hailo_sdk.open_runner(sdk, har_path)
     states = ((sdk.States.HAILO_MODEL,) if context == "SDK_NATIVE"
               else (sdk.States.QUANTIZED_MODEL, sdk.States.COMPILED_MODEL))
     hailo_sdk.expect_state(runner, states, har_path)
@@ -326,7 +326,7 @@ def _hef_info(hef_path):
 
 def infer_compiled(hef_path, x: np.ndarray) -> np.ndarray:
     """The HEF on a Hailo device through HailoRT, FLOAT32 vstreams: images in [0, 1] -> logits."""
-    hp = hailo_sdk.hailort()
+    hp = hailo_sdk.load_hailort()
     try:
         with open(hef_path, "rb") as f:
             magic = f.read(4)
@@ -338,8 +338,9 @@ def infer_compiled(hef_path, x: np.ndarray) -> np.ndarray:
     info = _hef_info(hef_path)
     arch = info.hw_arch if info is not None else ""
     if arch.startswith(("HAILO8", "HAILO10", "HAILO15")):  # check against a params hw_arch of its family
-        hailo_sdk.check_versions("hailo8" if arch.startswith("HAILO8") else "hailo10h", hailort=hailo_sdk.version(hp, "hailort"),
-                       where=f"{hef_path}: a HEF for {arch}")
+        family = "hailo8" if arch.startswith("HAILO8") else "hailo10h"
+        hailo_sdk.check_versions(family, hailort=hailo_sdk.installed_version(hp, "hailort"),
+                                 where=f"{hef_path}: a HEF for {arch}")
     with hailo_sdk.sdk_call("HailoRT: Device.scan failed"):
         devices = hp.Device.scan()
     if not devices:

@@ -1,7 +1,7 @@
 """Plumbing between the hailo backend and Hailo's closed-source packages: whether and which ones are
 installed (`check_available`, `versions`, `check_versions`: Hailo-8 needs DFC 3.x + HailoRT 4.x,
-Hailo-10/15 need 5.x), importing them (`sdk()`, `hailort()`), and turning what they do into this
-project's conventions: any exception into one PipelineError line (`sdk_call`), a HAR saved
+Hailo-10/15 need 5.x), importing them (`load_sdk()`, `load_hailort()`), and turning what they do
+into this project's conventions: any exception into one PipelineError line (`sdk_call`), a HAR saved
 atomically (`save_har`), the SDK's logged warnings collected for the stage's report
 (`sdk_warnings`).  `hailopipe.backends.hailo` uses these; nothing here runs a stage.
 """
@@ -47,7 +47,7 @@ def check_available() -> None:
         raise PipelineError(f"params.yaml: {INSTALL_HINT} (this interpreter: {here})")
 
 
-def sdk() -> SimpleNamespace:
+def load_sdk() -> SimpleNamespace:
     """The DFC classes the adapter uses; a broken install is one clear error, not a traceback."""
     check_available()
     try:
@@ -60,10 +60,10 @@ def sdk() -> SimpleNamespace:
                             "reinstall the Dataflow Compiler wheel in a clean venv") from None
     return SimpleNamespace(ClientRunner=ClientRunner, InferenceContext=InferenceContext, States=States,
                            ParsingError=ParsingWithRecommendationException,
-                           version=version(hailo_sdk_client, "hailo-dataflow-compiler"))
+                           version=installed_version(hailo_sdk_client, "hailo-dataflow-compiler"))
 
 
-def hailort():
+def load_hailort():
     try:
         import hailo_platform
     except Exception as exc:  # ImportError, or HailoRT's MissingPyHRTLib / version-mismatch errors
@@ -72,7 +72,7 @@ def hailort():
     return hailo_platform
 
 
-def version(module, dist: str) -> str:
+def installed_version(module, dist: str) -> str:
     from importlib import metadata
 
     version = getattr(module, "__version__", None)
@@ -84,9 +84,9 @@ def version(module, dist: str) -> str:
 
 def versions() -> dict:
     """Installed SDK versions (None when a package is missing), for logs and reports."""
-    out = {"hailo_sdk_client": sdk().version, "hailo_platform": None}
+    out = {"hailo_sdk_client": load_sdk().version, "hailo_platform": None}
     with contextlib.suppress(PipelineError):
-        out["hailo_platform"] = version(hailort(), "hailort")
+        out["hailo_platform"] = installed_version(load_hailort(), "hailort")
     return out
 
 
@@ -118,7 +118,7 @@ def sdk_call(what: str):
         raise PipelineError(f"{what}: {type(exc).__name__}: {detail}") from None
 
 
-def runner(sdk, har_path=None, hw_arch: str | None = None):
+def open_runner(sdk, har_path=None, hw_arch: str | None = None):
     kwargs = {} if hw_arch is None else {"hw_arch": hw_arch}
     what = f"ClientRunner(hw_arch={hw_arch!r}) failed"
     if har_path is not None:
