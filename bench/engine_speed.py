@@ -50,8 +50,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hailopipe import data, model, optimizer, tflite  # noqa: E402
+from hailopipe import data, model  # noqa: E402
 from hailopipe.engine import Engine  # noqa: E402
+from hailopipe.formats import tflite  # noqa: E402
+from hailopipe.quantization import optimizer  # noqa: E402
+from hailopipe.quantization.config import OptimizeConfig
 from tests.test_engine import reference  # noqa: E402  (the independent int64 reference)
 
 CALIB = 2000  # calibration images: the first N validation images, as the pipeline's default
@@ -179,7 +182,7 @@ def bench_net(hidden, arrays, args, workdir: Path) -> dict:
     calib = x_val[:CALIB]
     keras_model, net = train_float(hidden, x_train, y_train, x_val, y_val, args.epochs, workdir)
     blob = tflite_int8(keras_model, calib)
-    qnet = optimizer.quantize_network(net, calib, optimizer.OptimizeConfig(calib_size=CALIB))
+    qnet = optimizer.quantize_network(net, calib, OptimizeConfig(calib_size=CALIB))
 
     lite_batch, lite_one = Lite(blob, len(x_val)), Lite(blob, 1)
     q_val = lite_batch.quantize(x_val)

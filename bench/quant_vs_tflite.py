@@ -42,9 +42,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hailopipe import data, evaluate, model, noise, params  # noqa: E402
+from hailopipe import data, evaluate, model  # noqa: E402
 from hailopipe.backends import emulator  # noqa: E402
 from hailopipe.errors import setup_logging  # noqa: E402
+from hailopipe.quantization import noise  # noqa: E402
+from stages import params  # noqa: E402
 from stages.optimize import config  # noqa: E402
 
 log = logging.getLogger("bench")

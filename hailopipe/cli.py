@@ -21,7 +21,6 @@ what each of its frames waits; one untimed batch warms up first.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -29,11 +28,8 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from hailopipe import __version__, har, images
+from hailopipe import __version__, images
 from hailopipe.errors import PipelineError, run_main
-from hailopipe.hailo_hef import describe
-from hailopipe.runtime import (HEF, FormatType, InferVStreams, InputVStreamParams, OutputVStreamParams,
-                               VDevice)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,23 +46,23 @@ def _emit_json(obj) -> None:
 # --- parse-hef / parse-har -------------------------------------------------------------------
 
 def parse_hef(args) -> None:
-    hef = HEF(args.file)
-    info = hef.info
+    from hailopipe.formats import parse_hef as hef_text
+
+    info, compiled = hef_text.read(args.file)
     if args.json:
-        _emit_json({"emulated": hef.emulated, "compatible_archs": info.compatible_archs,
-                    **dataclasses.asdict(info), "compile_report": hef.compiled.meta["report"] if hef.emulated else None})
+        _emit_json({**hef_text.to_json(info), "compile_report": compiled.report if compiled else None})
         return
-    text = describe(info)
-    if hef.emulated:
+    text = hef_text.describe(info)
+    if compiled:
         first, rest = text.split("\n", 1)
         print(f"Emulated HEF: {args.file} (hailopipe compiled file v{info.header_version}, {info.checksum}); "
               "runs on the hailopipe emulator only, a Hailo device cannot load it")
         print(f"{first} (emulated)\n{rest}", end="")
-        report = hef.compiled.meta["report"]
+        report = compiled.report
         print("Layers:")
-        for name, l in report["layers"].items():
-            print(f"    {name}: {l['input_shape'][0]} -> {l['output_shape'][0]}, {l['activation']}, "
-                  f"{l['precision_mode']}, {l['macs']:,} MACs")
+        for name, layer in report["layers"].items():
+            print(f"    {name}: {layer['input_shape'][0]} -> {layer['output_shape'][0]}, {layer['activation']}, "
+                  f"{layer['precision_mode']}, {layer['macs']:,} MACs")
         t = report["total"]
         print(f"Total: {t['layers']} layers, {t['macs']:,} MACs, {t['weight_bytes']:,} bytes of weights and biases")
     else:
@@ -74,7 +70,7 @@ def parse_hef(args) -> None:
         print(text, end="")
 
 
-def _har_summary(h: har.Har) -> dict:
+def _har_summary(h) -> dict:
     net, q = h.net, h.qnet
     layers = [{"name": "input_layer1", "type": "input", "output_shape": list(net.input_shape), "params": 0}]
     for i, d in enumerate(net.layers):
@@ -82,11 +78,11 @@ def _har_summary(h: har.Har) -> dict:
                  "input_shape": [int(d.kernel.shape[0])], "output_shape": [int(d.kernel.shape[1])],
                  "params": int(d.kernel.size + d.bias.size)}
         if q is not None:
-            l = q.layers[i]
+            layer = q.layers[i]
             entry["quantization"] = {
-                "precision_mode": f"a{l.out_bits}_w{l.w_bits}", "weight_scale": [float(l.w_scale.min()), float(l.w_scale.max())],
-                "per_channel": bool(np.unique(l.w_scale).size > 1), "output_scale": l.out_scale,
-                "output_zero_point": l.out_zp, "calibrated_range": list(l.limvals)}
+                "precision_mode": f"a{layer.out_bits}_w{layer.w_bits}", "weight_scale": [float(layer.w_scale.min()), float(layer.w_scale.max())],
+                "per_channel": bool(np.unique(layer.w_scale).size > 1), "output_scale": layer.out_scale,
+                "output_zero_point": layer.out_zp, "calibrated_range": list(layer.limvals)}
         layers.append(entry)
     if q is not None:
         layers[0]["quantization"] = {"bits": q.input_bits, "output_scale": q.input_scale,
@@ -94,11 +90,13 @@ def _har_summary(h: har.Har) -> dict:
     meta = h.metadata
     return {"state": h.state, "network": net.name, "sdk_version": meta.get("sdk_version"),
             "emulated": bool(meta.get("emulated")), "hw_arch": meta.get("hw_arch"), "layers": layers,
-            "total_params": sum(l["params"] for l in layers), "calibset_size": meta.get("calibset_size"),
+            "total_params": sum(layer["params"] for layer in layers), "calibset_size": meta.get("calibset_size"),
             "model_script": meta.get("model_script")}
 
 
 def parse_har(args) -> None:
+    from hailopipe.formats import har
+
     s = _har_summary(har.load(args.file))
     if args.json:
         _emit_json(s)
@@ -107,24 +105,24 @@ def parse_har(args) -> None:
     print(f"HAR: {args.file} ({s['sdk_version']}{emulated})\nState: {s['state']}\nTarget: {s['hw_arch']}")
     print(f"Network: {s['network']}, {len(s['layers']) - 1} Dense layers, {s['total_params']:,} parameters")
     print(f"    {'layer':<14}{'input':>8}{'output':>10}  {'activation':<11}{'params':>10}")
-    for l in s["layers"]:
-        shape_in = "x".join(map(str, l.get("input_shape", []))) or "-"
-        print(f"    {l['name']:<14}{shape_in:>8}{'x'.join(map(str, l['output_shape'])):>10}  "
-              f"{l.get('activation', '-'):<11}{l['params']:>10,}")
+    for layer in s["layers"]:
+        shape_in = "x".join(map(str, layer.get("input_shape", []))) or "-"
+        print(f"    {layer['name']:<14}{shape_in:>8}{'x'.join(map(str, layer['output_shape'])):>10}  "
+              f"{layer.get('activation', '-'):<11}{layer['params']:>10,}")
     if s["state"] not in ("quantized_model", "compiled_model"):
         print("Quantization: none (not optimized yet)")
         return
     print("Quantization (scale, zero point as stored; real = scale * (q - zero point)):")
-    for l in s["layers"]:
-        qi = l["quantization"]
+    for layer in s["layers"]:
+        qi = layer["quantization"]
         lo, hi = qi["calibrated_range"]
-        if l["type"] == "input":
+        if layer["type"] == "input":
             head = f"{qi['bits']}-bit input"
         else:
             ws = qi["weight_scale"]
             head = (f"{qi['precision_mode']}, weight scale {ws[0]:.4g}..{ws[1]:.4g} "
                     f"({'per channel' if qi['per_channel'] else 'per tensor'})")
-        print(f"    {l['name']:<14}{head}, output scale {qi['output_scale']:.6g}, "
+        print(f"    {layer['name']:<14}{head}, output scale {qi['output_scale']:.6g}, "
               f"zero point {qi['output_zero_point']}, calibrated range [{lo:.6g}, {hi:.6g}]")
     if s["calibset_size"]:
         print(f"Calibration: {s['calibset_size']} images")
@@ -135,6 +133,8 @@ def parse_har(args) -> None:
 # --- infer -----------------------------------------------------------------------------------
 
 def infer(args) -> None:
+    from hailopipe.runtime import FormatType, VDevice
+
     with VDevice() as vdevice:
         model = vdevice.create_infer_model(args.file)
         inp, out = model.input(), model.output()
@@ -168,9 +168,11 @@ def infer(args) -> None:
 
 # --- run / benchmark -------------------------------------------------------------------------
 
-def measure(hef: HEF, args, batch: int, fmt: FormatType, label: str, header: str = "") -> dict:
+def measure(hef, args, batch: int, fmt, label: str, header: str = "") -> dict:
     """Infer --frames frames (or for --time seconds) of --input frames in batches of `batch`; FPS and
     batch latency.  `header` is printed once the model is configured (bad input fails before any output)."""
+    from hailopipe.runtime import FormatType, InferVStreams, InputVStreamParams, OutputVStreamParams, VDevice
+
     frames, seconds = args.frames, args.time
     with VDevice() as target:
         ng = target.configure(hef)[0]
@@ -224,6 +226,8 @@ def _emit_rows(args, rows: list[dict]) -> bool:
 
 
 def run(args) -> None:
+    from hailopipe.runtime import HEF, FormatType
+
     hef = HEF(args.file)
     fmt = FormatType[args.format_type.upper()]
     amount = f"{args.frames} frames" if args.frames else f"{args.time:g} s"
@@ -240,6 +244,8 @@ def run(args) -> None:
 
 
 def benchmark(args) -> None:
+    from hailopipe.runtime import HEF, FormatType
+
     hef = HEF(args.file)
     _ = hef.qnet  # a real HEF stops here, before any output: it needs a Hailo device
     quiet = bool(args.json or args.csv)

@@ -108,7 +108,7 @@ def prepare(out_path: str | os.PathLike) -> dict[str, int]:
 def load_split(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read the data stage's output, checking the arrays a later stage relies on."""
     arrays = load_npz(path)
-    for key, n in (("x_train", None), ("y_train", None), ("x_val", None), ("y_val", None)):
+    for key in ("x_train", "y_train", "x_val", "y_val"):
         if key not in arrays:
             raise PipelineError(f"{path}: array {key!r} missing; re-run the data stage")
     for x, y in (("x_train", "y_train"), ("x_val", "y_val")):

@@ -14,7 +14,6 @@ import os
 
 import numpy as np
 
-
 log = logging.getLogger(__name__)
 
 

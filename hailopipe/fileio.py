@@ -71,42 +71,37 @@ def write_json(path: str | os.PathLike, obj) -> None:
     write_bytes(path, json_bytes(obj))
 
 
-def open_regular(path: str | os.PathLike, what: str = "file") -> IO[bytes]:
-    """Open `path` for binary reading if it is a regular file; otherwise a PipelineError naming it."""
+def open_regular(path: str | os.PathLike, what: str = "file", error: type[PipelineError] = PipelineError) -> IO[bytes]:
+    """Open `path` for binary reading if it is a regular file; otherwise `error` naming it."""
     try:  # O_NONBLOCK: opening a FIFO must not wait for a writer; it has no effect on regular files
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise PipelineError(f"{path}: file not found") from None
+        raise error(f"{path}: file not found") from None
     except OSError as exc:
-        raise PipelineError(f"{path}: cannot open ({exc.strerror or exc})") from None
+        raise error(f"{path}: cannot open ({exc.strerror or exc})") from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
         kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a device, FIFO or socket)"
-        raise PipelineError(f"{path}: is {kind}, not a {what}")
+        raise error(f"{path}: is {kind}, not a {what}")
     return os.fdopen(fd, "rb")
 
 
-def read_limited(path: str | os.PathLike, max_bytes: int, what: str = "file") -> bytes:
-    """The bytes of the regular file `path`, refusing it before reading if it exceeds `max_bytes`."""
-    with open_regular(path, what) as f:
+def read_limited(path: str | os.PathLike, max_bytes: int, what: str = "file",
+                 error: type[PipelineError] = PipelineError) -> bytes:
+    """The bytes of the regular file `path`, refusing it before reading if it exceeds `max_bytes`;
+    every problem is `error` (a PipelineError type) naming the file."""
+    with open_regular(path, what, error) as f:
         size = os.fstat(f.fileno()).st_size
         if size > max_bytes:
-            raise PipelineError(f"{path}: {size} bytes is too large for a {what} (limit {max_bytes})")
+            raise error(f"{path}: file is {size} bytes, more than the {max_bytes}-byte limit for a {what}")
         try:
-            data = f.read(size + 1)
+            data = f.read(size + 1)  # not max_bytes + 1: read(n) allocates n bytes up front
         except OSError as exc:
-            raise PipelineError(f"{path}: cannot read ({exc.strerror or exc})") from None
+            raise error(f"{path}: cannot read ({exc.strerror or exc})") from None
     if len(data) > size:
-        raise PipelineError(f"{path}: grew while being read")
+        raise error(f"{path}: grew while being read")
     return data
-
-
-def read_json(path: str | os.PathLike, max_bytes: int = 64 << 20) -> dict:
-    try:
-        return json.loads(read_limited(path, max_bytes, "JSON file"))
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise PipelineError(f"{path}: not valid JSON ({exc})") from None
 
 
 def sha256_file(path: str | os.PathLike) -> str:

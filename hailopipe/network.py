@@ -1,26 +1,22 @@
-"""The network as the pipeline sees it, and its HN (Hailo Network) JSON form.
+"""The float network: a chain of Dense layers, and its one forward pass.
 
-A `Network` is a chain: an input layer of shape HxWxC, then Dense layers (kernel [in, out], bias,
-activation), then an output layer.  `to_hn` / `from_hn` convert it to and from the HN layout of
-Hailo's archives (reference §2): scoped layer names `<net>/input_layer1`, `<net>/dense1`,
-`<net>/output_layer1`; per-layer `type`, `input`, `output`, `input_shapes`, `output_shapes` (NHWC,
-batch -1), `original_names`, `params` (`kernel_shape`, `activation`); and
-`net_params.output_layers_order`.  Weights live beside the HN in an .npz keyed
-`<net>/<layer>/kernel:0` and `<net>/<layer>/bias:0`.
+A `Network` is an input of shape HxWxC, flattened, then Dense layers (kernel [in, out], bias,
+activation); its files are the HN and .npz of `formats.hn`, its integer version
+`quantization.qnetwork.QNetwork`.
 
-`from_hn` is a strict reader: it walks the graph from the input layer, so cycles, branches,
-unknown layer types, shape mismatches and non-finite weights are reported as PipelineError.
-`forward` runs the float network in numpy (what the SDK calls the native/FP emulation).
+`forward` runs it in numpy (what the SDK calls the native emulation).  By default every product is
+`arithmetic.exact_dot`, summed on fixed-point grids so that the result is the same bits on any
+BLAS, CPU and thread count (the calibration statistics and noise figures rely on it);
+`exact=False` uses float32 BLAS products, faster, with last bits that may depend on the BLAS.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from hailopipe.errors import PipelineError
+from hailopipe.quantization import arithmetic
 
 ACTIVATIONS = ("linear", "relu")
 
@@ -49,136 +45,23 @@ class Network:
     def num_outputs(self) -> int:
         return self.layers[-1].kernel.shape[1]
 
-    def params(self) -> dict[str, np.ndarray]:
-        out = {}
-        for layer in self.layers:
-            out[f"{self.name}/{layer.name}/kernel:0"] = layer.kernel
-            out[f"{self.name}/{layer.name}/bias:0"] = layer.bias
-        return out
+    def summary(self) -> dict:
+        """What the parse step reports: one line per layer and the parameter count."""
+        return {"layers": [f"{d.name} {d.kernel.shape[0]}->{d.kernel.shape[1]} {d.activation}" for d in self.layers],
+                "params": int(sum(d.kernel.size + d.bias.size for d in self.layers))}
 
 
 def apply_activation(x: np.ndarray, activation: str) -> np.ndarray:
     return np.maximum(x, 0) if activation == "relu" else x
 
 
-def forward(net: Network, x: np.ndarray, collect: bool = False):
-    """Float32 inference on NHWC input [N, H, W, C]; with `collect`, also every layer's output."""
+def forward(net: Network, x: np.ndarray, collect: bool = False, exact: bool = True):
+    """float32 outputs for NHWC input [N, H, W, C] (see the module docstring for `exact`); with
+    `collect`, (output, [every layer's output])."""
     h = np.asarray(x, np.float32).reshape(len(x), -1)
     outputs = []
     for layer in net.layers:
-        h = apply_activation(h @ layer.kernel + layer.bias, layer.activation)
-        if collect:
-            outputs.append(h)
+        z = (arithmetic.exact_dot(h, layer.kernel) if exact else h @ layer.kernel) + layer.bias
+        h = apply_activation(z, layer.activation).astype(np.float32, copy=False)
+        outputs.append(h)
     return (h, outputs) if collect else h
-
-
-def io_names(net: Network) -> tuple[str, str]:
-    return f"{net.name}/input_layer1", f"{net.name}/output_layer1"
-
-
-def to_hn(net: Network) -> dict:
-    """The HN dict of `net`."""
-    scope = net.name
-    in_name, out_name = io_names(net)
-    names = [in_name] + [f"{scope}/{l.name}" for l in net.layers] + [out_name]
-    shapes = [[-1, *net.input_shape]] + [[-1, 1, 1, int(l.kernel.shape[1])] for l in net.layers]
-    layers = {in_name: {
-        "type": "input_layer", "input": [], "output": [names[1]],
-        "input_shapes": [shapes[0]], "output_shapes": [shapes[0]],
-        "original_names": [net.input_original_name], "params": {}}}
-    for i, layer in enumerate(net.layers, start=1):
-        layers[names[i]] = {
-            "type": "dense", "input": [names[i - 1]], "output": [names[i + 1]],
-            "input_shapes": [shapes[i - 1]], "output_shapes": [shapes[i]],
-            "original_names": list(layer.original_names),
-            "params": {"kernel_shape": [int(s) for s in layer.kernel.shape], "activation": layer.activation,
-                       "batch_norm": False},
-        }
-    layers[out_name] = {
-        "type": "output_layer", "input": [names[-2]], "output": [],
-        "input_shapes": [shapes[-1]], "output_shapes": [shapes[-1]], "original_names": ["out"]}
-    return {"name": scope,
-            "net_params": {"version": "1.0", "stage": "HN", "net_scopes": [scope],
-                           "output_layers_order": [out_name]},
-            "layers": layers}
-
-
-def _expect(cond: bool, where: str, what: str) -> None:
-    if not cond:
-        raise PipelineError(f"{where}: {what}")
-
-
-def _shape(value, where: str) -> list[int]:
-    _expect(isinstance(value, list) and len(value) == 1 and isinstance(value[0], list)
-            and len(value[0]) == 4 and all(isinstance(d, int) and not isinstance(d, bool) for d in value[0])
-            and value[0][0] == -1 and all(d > 0 for d in value[0][1:]),
-            where, f"shape must be [[-1, H, W, C]] with positive sizes, got {value!r}")
-    return value[0]
-
-
-def _names(layer: dict, where: str) -> list[str]:
-    value = layer.get("original_names", [])
-    _expect(isinstance(value, list) and all(isinstance(n, str) for n in value), where,
-            f"'original_names' must be a list of strings, got {value!r}"[:200])
-    return list(value)
-
-
-def from_hn(hn: dict, params: dict[str, np.ndarray], source: str = "HN") -> Network:
-    """Rebuild a Network from an HN dict and its float params, checking everything it relies on."""
-    _expect(isinstance(hn, dict), source, "HN must be a JSON object")
-    name, layers = hn.get("name"), hn.get("layers")
-    _expect(isinstance(name, str) and name.isidentifier(), source, f"bad network name {name!r}")
-    _expect(isinstance(layers, dict) and layers, source, "'layers' must be a non-empty object")
-    for lname, layer in layers.items():
-        _expect(isinstance(layer, dict), source, f"layer {lname!r} must be an object")
-        ltype = layer.get("type")
-        _expect(ltype in ("input_layer", "dense", "output_layer"), source,
-                f"layer {lname!r} has unsupported type {ltype!r} (supported: input_layer, dense, output_layer)")
-        for key in ("input", "output"):
-            _expect(isinstance(layer.get(key), list) and all(isinstance(n, str) for n in layer[key]),
-                    source, f"layer {lname!r}: '{key}' must be a list of layer names")
-    inputs = [n for n, l in layers.items() if l["type"] == "input_layer"]
-    _expect(len(inputs) == 1, source, f"expected exactly one input_layer, found {len(inputs)}")
-    current, seen, chain = inputs[0], set(), []
-    while True:
-        _expect(current not in seen, source, f"cycle in the graph at {current!r}")
-        seen.add(current)
-        layer = layers[current]
-        chain.append(current)
-        if layer["type"] == "output_layer":
-            _expect(not layer["output"], source, f"{current!r}: output_layer must have no outputs")
-            break
-        _expect(len(layer["output"]) == 1, source,
-                f"{current!r}: only chains are supported, found {len(layer['output'])} successors")
-        nxt = layer["output"][0]
-        _expect(nxt in layers, source, f"{current!r} feeds unknown layer {nxt!r}")
-        _expect(layers[nxt]["input"] == [current], source, f"{nxt!r}: 'input' does not name {current!r}")
-        current = nxt
-    _expect(len(seen) == len(layers), source, f"{len(layers) - len(seen)} layer(s) not connected to the chain")
-    _expect(len(chain) >= 3, source, "the graph has no dense layer")
-    in_shape = _shape(layers[chain[0]].get("output_shapes"), f"{source}: {chain[0]}")
-    features = math.prod(in_shape[1:])
-    input_names = _names(layers[chain[0]], f"{source}: {chain[0]}")
-    dense: list[Dense] = []
-    for lname in chain[1:-1]:
-        layer = layers[lname]
-        where = f"{source}: {lname}"
-        _expect(layer["type"] == "dense", source, f"{lname!r}: expected a dense layer between input and output")
-        _expect(lname.startswith(name + "/"), source, f"{lname!r} is not in scope {name!r}")
-        p = layer.get("params")
-        _expect(isinstance(p, dict), where, "missing 'params'")
-        act = p.get("activation")
-        _expect(act in ACTIVATIONS, where, f"unsupported activation {act!r} (supported: {', '.join(ACTIVATIONS)})")
-        out_shape = _shape(layer.get("output_shapes"), where)
-        units = math.prod(out_shape[1:])
-        kernel, bias = params.get(f"{lname}/kernel:0"), params.get(f"{lname}/bias:0")
-        _expect(kernel is not None and bias is not None, where, "kernel:0 or bias:0 missing from the params")
-        _expect(kernel.dtype == np.float32 and bias.dtype == np.float32, where, "params must be float32")
-        _expect(kernel.shape == (features, units), where,
-                f"kernel shape {list(kernel.shape)} does not match input {features} -> output {units}")
-        _expect(bias.shape == (units,), where, f"bias shape {list(bias.shape)} != [{units}]")
-        _expect(p.get("kernel_shape") == [features, units], where, "params.kernel_shape disagrees with the kernel")
-        _expect(bool(np.isfinite(kernel).all() and np.isfinite(bias).all()), where, "weights contain NaN or inf")
-        dense.append(Dense(lname.split("/", 1)[1], kernel, bias, act, _names(layer, where)))
-        features = units
-    return Network(name, tuple(in_shape[1:]), dense, (input_names or ["input"])[0])

@@ -6,9 +6,9 @@
 import logging
 import os
 
-from hailopipe import backends, params
 from hailopipe.errors import run_main
 from hailopipe.fileio import write_json
+from stages import params, shared
 
 log = logging.getLogger("stages.compile")
 HAR, OUT, REPORT = "models/mnist_quantized.har", "models/mnist.hef", "metrics/compile.json"
@@ -16,7 +16,7 @@ HAR, OUT, REPORT = "models/mnist_quantized.har", "models/mnist.hef", "metrics/co
 
 def main() -> None:
     p = params.load()
-    backend = backends.get(p.backend())
+    backend = shared.backend(p, "compile")
     report = backend.compile(HAR, OUT, p.hw_arch())
     write_json(REPORT, report)
     log.info("compile: wrote %s (%d bytes) for %s; %d MACs per image, %d bytes of weights", OUT,

@@ -5,9 +5,10 @@
 
 import logging
 
-from hailopipe import backends, data, evaluate, params
+from hailopipe import data, evaluate
 from hailopipe.errors import run_main
 from hailopipe.fileio import write_bytes, write_json
+from stages import params, shared
 
 log = logging.getLogger("stages.evaluate")
 TFLITE, HAR, QHAR, HEF, DATA = ("models/float/model.tflite", "models/mnist.har", "models/mnist_quantized.har",
@@ -17,7 +18,7 @@ METRICS, PREDICTIONS = "metrics/evaluate.json", "metrics/predictions.csv"
 
 def main() -> None:
     p = params.load()
-    backend = backends.get(p.backend())
+    backend = shared.backend(p, "evaluate")
     arrays = data.load_split(DATA)
     x, y = data.to_float(arrays["x_val"]), arrays["y_val"]
     metrics, pred = evaluate.evaluate(backend, TFLITE, HAR, QHAR, HEF, x, y)

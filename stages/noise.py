@@ -4,16 +4,19 @@
 
 `noise.dataset` picks the images: `calibration` (the optimize stage's calibration images, selected
 by the same `calibration` params and option) or `validation` (all validation images).  The SNR per
-layer is defined in `hailopipe.noise`; `dvc metrics diff` on metrics/noise.json and `dvc plots diff`
-on the "Per-layer SNR" plot show which layer got better or worse between two experiments.
+layer is defined in `hailopipe.quantization.noise`; `dvc metrics diff` on metrics/noise.json and
+`dvc plots diff` on the "Per-layer SNR" plot show which layer got better or worse between two
+experiments.
 """
 
+import argparse
 import logging
 
-from hailopipe import backends, data, noise, params
-from hailopipe.errors import PipelineError, run_main
+from hailopipe import data
+from hailopipe.errors import run_main
 from hailopipe.fileio import write_bytes, write_json
-from stages.optimize import calibration_images
+from hailopipe.quantization import noise
+from stages import calibration, params, shared
 
 log = logging.getLogger("stages.noise")
 HAR, QHAR, DATA = "models/mnist.har", "models/mnist_quantized.har", "data/mnist.npz"
@@ -22,18 +25,16 @@ DATASETS = ("calibration", "validation")
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--calibration-size", help="overrides params.yaml calibration.size")
+    args = parser.parse_args()
     p = params.load()
-    backend = backends.get(p.backend())
+    p.override("calibration.size", args.calibration_size)
+    backend = shared.backend(p, "noise")
     x_val = data.load_split(DATA)["x_val"]
     dataset = p.choice("noise.dataset", DATASETS)
-    x = calibration_images(p, x_val) if dataset == "calibration" else data.to_float(x_val)
-    if hasattr(backend, "analyze_noise"):
-        result = backend.analyze_noise(HAR, QHAR, x)
-    elif p.backend() == "emulator":
-        result = noise.analyze_har(HAR, QHAR, x)
-    else:
-        raise PipelineError(f"params.yaml: backend {p.backend()!r} has no noise analysis yet; use backend: emulator")
-    metrics, table = noise.report(result)
+    x = calibration.images(p, x_val) if dataset == "calibration" else data.to_float(x_val)
+    metrics, table = noise.report(backend.analyze_noise(HAR, QHAR, x))
     write_json(METRICS, metrics)
     write_bytes(PLOT, table.encode())
     log.info("analyze_noise: %d %s images; SNR per layer (dB): %s", len(x), dataset,

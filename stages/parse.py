@@ -5,8 +5,8 @@
 
 import logging
 
-from hailopipe import backends, params
 from hailopipe.errors import run_main
+from stages import params, shared
 
 log = logging.getLogger("stages.parse")
 MODEL, OUT = "models/float/model.tflite", "models/mnist.har"
@@ -14,10 +14,10 @@ MODEL, OUT = "models/float/model.tflite", "models/mnist.har"
 
 def main() -> None:
     p = params.load()
-    backend = backends.get(p.backend())
+    backend = shared.backend(p, "parse")
     net_name = p.str("parse.net_name", r"[A-Za-z_][A-Za-z0-9_]{0,63}")
     summary = backend.parse(MODEL, OUT, net_name, p.hw_arch())
-    log.info("parse: %s -> %s (%s backend, %s): %s; %d params", MODEL, OUT, p.backend(), p.hw_arch(),
+    log.info("parse: %s -> %s (%s backend, %s): %s; %d params", MODEL, OUT, p.str("backend"), p.hw_arch(),
              ", ".join(summary["layers"]), summary["params"])
 
 

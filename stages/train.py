@@ -5,8 +5,9 @@
 
 import logging
 
-from hailopipe import data, params
+from hailopipe import data
 from hailopipe.errors import run_main
+from stages import params
 
 log = logging.getLogger("stages.train")
 DATA, OUT_DIR, LIVE_DIR = "data/mnist.npz", "models/float", "metrics/train"

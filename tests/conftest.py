@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hailopipe import data, network, optimizer
+from hailopipe import data, network
 from hailopipe.network import Dense, Network
+from hailopipe.quantization import optimizer
+from hailopipe.quantization.config import OptimizeConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBSET = ROOT / "tests" / "data" / "mnist_subset.npz"
@@ -44,7 +46,7 @@ def trained_like_network(subset, hidden=(64, 32), seed=0, epochs=40) -> Network:
     rng = np.random.default_rng(seed)
     x = data.to_float(subset["x_train"]).reshape(len(subset["x_train"]), -1)
     y = subset["y_train"]
-    vel = [(np.zeros_like(l.kernel), np.zeros_like(l.bias)) for l in net.layers]
+    vel = [(np.zeros_like(layer.kernel), np.zeros_like(layer.bias)) for layer in net.layers]
     for _ in range(epochs):
         for idx in np.array_split(rng.permutation(len(x)), len(x) // 50):
             _, hs = network.forward(net, x[idx], collect=True)
@@ -78,4 +80,4 @@ def fitted_net(subset):
 
 @pytest.fixture(scope="session")
 def fitted_qnet(fitted_net, val_images):
-    return optimizer.quantize_network(fitted_net, val_images[0][:200], optimizer.OptimizeConfig(calib_size=200))
+    return optimizer.quantize_network(fitted_net, val_images[0][:200], OptimizeConfig(calib_size=200))

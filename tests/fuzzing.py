@@ -36,9 +36,10 @@ from typing import Callable, Iterator
 import numpy as np
 import pytest
 
-from hailopipe import optimizer
 from hailopipe.errors import PipelineError
 from hailopipe.network import Dense, Network
+from hailopipe.quantization import optimizer
+from hailopipe.quantization.config import OptimizeConfig
 
 LINUX_ONLY = pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux (/proc, RLIMIT_AS)")
 
@@ -344,7 +345,7 @@ def tiny_net(seed: int = 0, hidden=(4,), shape=(2, 2, 1)) -> Network:
 
 def tiny_qnet(net: Network):
     calib = np.random.default_rng(1).random((16, *net.input_shape), dtype=np.float32)
-    return optimizer.quantize_network(net, calib, optimizer.OptimizeConfig(calib_size=16))
+    return optimizer.quantize_network(net, calib, OptimizeConfig(calib_size=16))
 
 
 # --- .npy / .npz edits -------------------------------------------------------------------------

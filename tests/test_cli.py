@@ -15,7 +15,8 @@ import sys
 import numpy as np
 import pytest
 
-from hailopipe import har, hef, images
+from hailopipe import images
+from hailopipe.formats import ehef, har
 from hailopipe.runtime import InferModel
 from tests.conftest import ROOT
 
@@ -41,7 +42,7 @@ def label_of(path) -> int:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, fitted_net, fitted_qnet):
     d = tmp_path_factory.mktemp("cli")
-    (d / "m.hef").write_bytes(hef.compile_network(fitted_qnet, "hailo8l"))
+    (d / "m.hef").write_bytes(ehef.compile_network(fitted_qnet, "hailo8l"))
     har.save(har.Har("hailo_model", fitted_net, metadata={"hw_arch": "hailo8l"}), d / "float.har")
     har.save(har.Har("quantized_model", fitted_net, fitted_qnet, {"hw_arch": "hailo8l", "calibset_size": 200,
                                                                    "model_script": "normalization1 = normalization([0], [255])\n"}),
@@ -62,7 +63,7 @@ def test_help(command):
 
 
 def test_parse_hef_emulated(files):
-    meta = hef.load(files / "m.hef").meta
+    meta = ehef.load(files / "m.hef").meta
     text = cli("parse-hef", files / "m.hef").stdout
     assert "Emulated HEF" in text and "a Hailo device cannot load it" in text
     assert "HEF Compatible for: HAILO8L, HAILO8 (emulated)" in text
@@ -98,12 +99,12 @@ def test_parse_hef_real():
 
 
 def test_parse_har(files, fitted_net, fitted_qnet):
-    params = sum(l.kernel.size + l.bias.size for l in fitted_net.layers)
+    params = sum(entry.kernel.size + entry.bias.size for entry in fitted_net.layers)
     text = cli("parse-har", files / "q.har").stdout
     assert "State: quantized_model" in text and "Target: hailo8l" in text and f"{params:,} parameters" in text
     assert "Calibration: 200 images" in text and "normalization1 = normalization([0], [255])" in text
     js = json.loads(cli("parse-har", files / "q.har", "--json").stdout)
-    assert js["total_params"] == params and [l["name"] for l in js["layers"]] == ["input_layer1", "dense1", "dense2", "dense3"]
+    assert js["total_params"] == params and [entry["name"] for entry in js["layers"]] == ["input_layer1", "dense1", "dense2", "dense3"]
     for entry, layer in zip(js["layers"][1:], fitted_qnet.layers):
         qi = entry["quantization"]
         assert qi["precision_mode"] == "a8_w8" and qi["output_zero_point"] == layer.out_zp

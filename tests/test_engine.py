@@ -6,11 +6,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from hailopipe import engine, optimizer, quant
-from hailopipe.engine import Engine
+from hailopipe.engine import Engine, native
+from hailopipe.engine.engine import avx2_exact
 from hailopipe.errors import PipelineError
 from hailopipe.network import Dense, Network
-from hailopipe.qnetwork import QNetwork
+from hailopipe.quantization import arithmetic, optimizer
+from hailopipe.quantization.config import OptimizeConfig
+from hailopipe.quantization.qnetwork import QNetwork
 from tests.conftest import random_network
 
 KERNELS = ["avx2", "numpy"]
@@ -19,14 +21,14 @@ KERNELS = ["avx2", "numpy"]
 def reference(qnet, q_in: np.ndarray) -> np.ndarray:
     """Plain int64 arithmetic, straight from the derivation: sum (q_x - z_x) q_w + q_b, then M."""
     x = q_in.reshape(len(q_in), int(np.prod(q_in.shape[1:]))).astype(np.int64)
-    for l in qnet.layers:
-        acc = (x - l.in_zp) @ l.kernel.astype(np.int64) + l.bias.astype(np.int64)
-        m0, e = l.m0.astype(np.int64), l.shift.astype(np.int64)
-        y = l.out_zp + ((acc * m0 + (np.int64(1) << (e - 1))) >> e)
-        qmin, qmax = quant.qrange(l.out_bits)
+    for layer in qnet.layers:
+        acc = (x - layer.in_zp) @ layer.kernel.astype(np.int64) + layer.bias.astype(np.int64)
+        m0, e = layer.m0.astype(np.int64), layer.shift.astype(np.int64)
+        y = layer.out_zp + ((acc * m0 + (np.int64(1) << (e - 1))) >> e)
+        qmin, qmax = arithmetic.qrange(layer.out_bits)
         y = np.clip(y, qmin, qmax)
-        if l.activation == "relu":
-            y = np.maximum(y, l.out_zp)
+        if layer.activation == "relu":
+            y = np.maximum(y, layer.out_zp)
         x = y
     return x
 
@@ -34,14 +36,14 @@ def reference(qnet, q_in: np.ndarray) -> np.ndarray:
 def make_qnet(hidden, seed, precision, per_channel, wide=False, net=None):
     net = net or random_network(hidden, seed, scale=0.5 if wide else 0.1)
     calib = np.random.default_rng(seed).uniform(0, 1, (64, *net.input_shape)).astype(np.float32)
-    cfg = optimizer.OptimizeConfig(calib_size=64, per_channel=per_channel, precision=precision)
+    cfg = OptimizeConfig(calib_size=64, per_channel=per_channel, precision=precision)
     return optimizer.quantize_network(net, calib, cfg)
 
 
 def make_engine(qnet, kernel, **kw) -> Engine:
     """Engine(qnet, kernel); skips where the AVX2 kernel cannot run on this machine at all."""
-    if kernel == "avx2" and engine.load_kernel()[0] is None:
-        pytest.skip(f"AVX2 kernel unavailable here: {engine.load_kernel()[1]}")
+    if kernel == "avx2" and native.load_kernel()[0] is None:
+        pytest.skip(f"AVX2 kernel unavailable here: {native.load_kernel()[1]}")
     e = Engine(qnet, kernel=kernel, **kw)
     assert e.kernel == kernel
     return e
@@ -50,12 +52,12 @@ def make_engine(qnet, kernel, **kw) -> Engine:
 def random_inputs(qnet, n, seed, bits=None):
     """n random storage integers of the network's input plus the extremes: all min, all max, a mix."""
     bits = bits or qnet.input_bits
-    lo, hi = quant.qrange(bits)
+    lo, hi = arithmetic.qrange(bits)
     shape = qnet.input_shape
     rng = np.random.default_rng(seed)
     q = rng.integers(lo, hi + 1, (n, *shape))
     extremes = np.stack([np.full(shape, lo), np.full(shape, hi), np.where(rng.random(shape) < 0.5, lo, hi)])
-    return np.concatenate([q, extremes]).astype(quant.storage_dtype(bits))
+    return np.concatenate([q, extremes]).astype(arithmetic.storage_dtype(bits))
 
 
 CASES = [((32, 16), {}, True), ((64,), {}, False), ((128, 64), {"dense3": "a16_w16"}, True),
@@ -70,13 +72,13 @@ def test_engine_equals_int64_reference(hidden, precision, per_channel, seed, ker
     qnet = make_qnet(hidden, seed, precision, per_channel)
     q_in = random_inputs(qnet, 257, 100 + seed)
     if kernel == "avx2" and precision:  # 16-bit weights: the int32 accumulators are not provably exact
-        assert not all(engine.avx2_exact(l) for l in qnet.layers)
+        assert not all(avx2_exact(layer) for layer in qnet.layers)
         with pytest.raises(PipelineError, match="int32"):
             make_engine(qnet, kernel)
         assert Engine(qnet).kernel == "numpy"  # "auto" falls back
         return
     got = make_engine(qnet, kernel).run(q_in)
-    assert got.dtype == quant.storage_dtype(qnet.output.out_bits)
+    assert got.dtype == arithmetic.storage_dtype(qnet.output.out_bits)
     np.testing.assert_array_equal(got.astype(np.int64), reference(qnet, q_in))
 
 
@@ -84,8 +86,8 @@ def test_engine_equals_int64_reference(hidden, precision, per_channel, seed, ker
 def test_extreme_weights_and_inputs_stay_exact(kernel):
     """All weights at ±127 and inputs at ±128: the largest accumulators the format allows."""
     qnet = make_qnet((1032,), 3, {}, True)
-    for l in qnet.layers:
-        l.kernel[...] = np.where(np.arange(l.kernel.size).reshape(l.kernel.shape) % 2, 127, -127)
+    for layer in qnet.layers:
+        layer.kernel[...] = np.where(np.arange(layer.kernel.size).reshape(layer.kernel.shape) % 2, 127, -127)
     q_in = np.stack([np.full((28, 28, 1), v, np.int8) for v in (-128, 127)])
     np.testing.assert_array_equal(make_engine(qnet, kernel).run(q_in).astype(np.int64), reference(qnet, q_in))
 
@@ -131,7 +133,7 @@ def test_inputs_with_zeros(kernel, dark):
 def test_real_digits(kernel, subset, fitted_qnet):
     """Real MNIST digits on a trained network, one at a time and batched, through the stream entry point."""
     u = subset["x_val"][:300, :, :, None]
-    want = quant.to_unsigned(reference(fitted_qnet, quant.from_unsigned(u, 8)), 8)
+    want = arithmetic.to_unsigned(reference(fitted_qnet, arithmetic.from_unsigned(u, 8)), 8)
     e = make_engine(fitted_qnet, kernel)
     np.testing.assert_array_equal(e.run_stream(u), want)
     np.testing.assert_array_equal(np.concatenate([e.run_stream(u[i:i + 1]) for i in range(0, 300, 7)]), want[::7])
@@ -151,26 +153,26 @@ def test_odd_widths(kernel, shape, hidden):
 
 
 def sixteen_bit_layer(out_bits: int) -> QNetwork:
-    """A one-layer network (as noise.run_layer builds) with 16-bit inputs and 8-bit weights: the
+    """A one-layer network (as run_layer builds) with 16-bit inputs and 8-bit weights: the
     second layer of a network whose first layer is a16_w16; optionally with 16-bit outputs too."""
     qnet = make_qnet((48, 24), 4, {"dense1": "a16_w16"}, True)
-    l = dataclasses.replace(qnet.layers[1], out_bits=out_bits)
-    return QNetwork(l.name, (1, 1, l.kernel.shape[0]), l.in_scale, l.in_zp, 16, (0.0, 0.0), [l])
+    layer = dataclasses.replace(qnet.layers[1], out_bits=out_bits)
+    return QNetwork(layer.name, (1, 1, layer.kernel.shape[0]), layer.in_scale, layer.in_zp, 16, (0.0, 0.0), [layer])
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("out_bits", [8, 16])
 def test_sixteen_bit_activations(kernel, out_bits):
     qnet = sixteen_bit_layer(out_bits)
-    assert engine.avx2_exact(qnet.layers[0])
+    assert avx2_exact(qnet.layers[0])
     q_in = random_inputs(qnet, 200, 5)
     e = make_engine(qnet, kernel)
     assert e.input_dtype == np.int16
     got = e.run(q_in)
-    assert got.dtype == quant.storage_dtype(out_bits)
+    assert got.dtype == arithmetic.storage_dtype(out_bits)
     np.testing.assert_array_equal(got.astype(np.int64), reference(qnet, q_in))
-    u = e.run_stream(quant.to_unsigned(q_in, 16))
-    np.testing.assert_array_equal(u, quant.to_unsigned(reference(qnet, q_in), out_bits))
+    u = e.run_stream(arithmetic.to_unsigned(q_in, 16))
+    np.testing.assert_array_equal(u, arithmetic.to_unsigned(reference(qnet, q_in), out_bits))
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -179,14 +181,14 @@ def test_stream_entry_point_and_out_buffer(kernel):
     q_in = random_inputs(qnet, 90, 6)
     e = make_engine(qnet, kernel)
     want = reference(qnet, q_in)
-    u = e.run_stream(quant.to_unsigned(q_in, 8))
+    u = e.run_stream(arithmetic.to_unsigned(q_in, 8))
     assert u.dtype == np.uint8
-    np.testing.assert_array_equal(u, quant.to_unsigned(want, 8))
+    np.testing.assert_array_equal(u, arithmetic.to_unsigned(want, 8))
     buf = np.full((len(q_in), 10), 99, np.int8)
     assert e.run(q_in, out=buf) is buf
     np.testing.assert_array_equal(buf.astype(np.int64), want)
     ubuf = np.empty((len(q_in), 10), np.uint8)
-    assert e.run_stream(quant.to_unsigned(q_in, 8), out=ubuf) is ubuf
+    assert e.run_stream(arithmetic.to_unsigned(q_in, 8), out=ubuf) is ubuf
     np.testing.assert_array_equal(ubuf, u)
     wide = q_in.astype(np.int64)  # another integer dtype, values in range: converted
     np.testing.assert_array_equal(e.run(wide).astype(np.int64), want)
@@ -214,17 +216,17 @@ def test_bad_inputs(kernel):
 
 
 def test_kernel_build_is_cached_and_failure_falls_back(tmp_path, monkeypatch):
-    if engine.load_kernel()[0] is None:
-        pytest.skip(f"AVX2 kernel unavailable here: {engine.load_kernel()[1]}")
+    if native.load_kernel()[0] is None:
+        pytest.skip(f"AVX2 kernel unavailable here: {native.load_kernel()[1]}")
     stale = tmp_path / "qkernel-0123456789abcdef.so"  # an earlier version's build
     stale.write_bytes(b"old")
-    lib = engine._build(tmp_path)
+    lib = native._build(tmp_path)
     assert lib.parent == tmp_path and lib.stat().st_size > 0
     assert not stale.exists()
     stamp = lib.stat().st_mtime_ns
-    assert engine._build(tmp_path) == lib and lib.stat().st_mtime_ns == stamp  # reused, not rebuilt
+    assert native._build(tmp_path) == lib and lib.stat().st_mtime_ns == stamp  # reused, not rebuilt
     monkeypatch.setenv("HAILOPIPE_CACHE", str(tmp_path / "fresh"))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    fn, why = engine._load()
+    fn, why = native._load()
     assert fn is None and "could not build _qkernel.c" in why
     assert not list((tmp_path / "fresh").glob("*.so"))  # no half-written library left behind

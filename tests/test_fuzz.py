@@ -1,6 +1,6 @@
 """Fuzz the HAR family with broken and hostile files: the HAR tar, its HN JSON (through
 `har.load`), and the float-params .npz and quantized .q.npz (through `network.from_hn` /
-`qnetwork.from_arrays`).  The engine, the limits and the generic mutations are in tests/fuzzing.py;
+`qnpz.from_arrays`).  The engine, the limits and the generic mutations are in tests/fuzzing.py;
 other formats are in test_fuzz_models.py (compiled file, real HEF, TFLite), test_fuzz_data.py
 (MNIST, calibration data, digit images) and test_fuzz_cli.py (the `hailopipe` command).
 
@@ -29,12 +29,27 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from hailopipe import har, network, qnetwork
 from hailopipe.fileio import json_bytes, load_npz, npz_bytes
+from hailopipe.formats import har, hn, qnpz
 from tests.conftest import random_network
-from tests.fuzzing import (JSON_VALUES, LINUX_ONLY, NPY_HEADERS, PATH_CASES, Format, check, edit_arrays, json_text,
-                           mutate_bytes, mutate_json, npy, npy_raw, raw_cases, tiny_net, tiny_qnet,
-                           zip_members)
+from tests.fuzzing import (
+    JSON_VALUES,
+    LINUX_ONLY,
+    NPY_HEADERS,
+    PATH_CASES,
+    Format,
+    check,
+    edit_arrays,
+    json_text,
+    mutate_bytes,
+    mutate_json,
+    npy,
+    npy_raw,
+    raw_cases,
+    tiny_net,
+    tiny_qnet,
+    zip_members,
+)
 
 pytestmark = LINUX_ONLY
 
@@ -173,9 +188,9 @@ def har_cases(rng) -> Iterator[tuple[str, bytes]]:
 HN_TYPES = ["conv", "dense", "input_layer", "output_layer", "", None, 5, "Dense"]
 
 
-def graph_edit(rng, hn: dict) -> tuple[str, dict]:
-    hn = copy.deepcopy(hn)
-    layers = hn["layers"]
+def graph_edit(rng, graph: dict) -> tuple[str, dict]:
+    graph = copy.deepcopy(graph)
+    layers = graph["layers"]
     names = list(layers)
     name = names[int(rng.integers(len(names)))]
     layer = layers[name]
@@ -202,58 +217,58 @@ def graph_edit(rng, hn: dict) -> tuple[str, dict]:
         layers[name + "_copy"] = copy.deepcopy(layer)
     else:
         layer["original_names"] = JSON_VALUES[int(rng.integers(len(JSON_VALUES)))]
-    return op, hn
+    return op, graph
 
 
 def hn_cases(rng) -> Iterator[tuple[str, bytes]]:
     net = tiny_net()
-    hn = network.to_hn(net)
-    params = npz_bytes(net.params())
+    graph = hn.to_hn(net)
+    params = npz_bytes(hn.weights(net))
     meta = json_bytes({"state": "hailo_model", "net_name": "net"})
 
     def pack(hn_bytes: bytes, npz: bytes = params) -> bytes:
         return tar_bytes([("net.metadata.json", meta), ("net.hn", hn_bytes), ("net.npz", npz)])
 
     for _ in range(650):
-        yield "json-values:edit", pack(json_text(mutate_json(rng, hn, int(rng.integers(1, 4)))))
+        yield "json-values:edit", pack(json_text(mutate_json(rng, graph, int(rng.integers(1, 4)))))
     for _ in range(250):
-        op, edited = graph_edit(rng, hn)
+        op, edited = graph_edit(rng, graph)
         yield f"graph:{op}", pack(json_text(edited))
     for _ in range(150):
-        kind, text = mutate_bytes(rng, json_bytes(hn))
+        kind, text = mutate_bytes(rng, json_bytes(graph))
         yield f"text:{kind}", pack(text)
     L = "net/dense1", "net/dense2", "net/input_layer1", "net/output_layer1"
 
     def edited(fn) -> bytes:
-        doc = copy.deepcopy(hn)
+        doc = copy.deepcopy(graph)
         fn(doc["layers"])
         return json_text(doc)
 
-    yield "hostile:cycle", pack(edited(lambda l: (l[L[1]].update(output=[L[0]]), l[L[0]].update(input=[L[1]]))))
-    yield "hostile:self-loop", pack(edited(lambda l: (l[L[0]].update(output=[L[0]]), l[L[0]].update(input=[L[0]]))))
-    yield "hostile:branch", pack(edited(lambda l: l[L[2]].update(output=[L[0], L[1]])))
-    yield "hostile:two-inputs", pack(edited(lambda l: l.update({"net/input_layer2": copy.deepcopy(l[L[2]])})))
-    yield "hostile:unknown-type", pack(edited(lambda l: l[L[0]].update(type="conv")))
-    yield "hostile:shape-mismatch", pack(edited(lambda l: l[L[0]].update(output_shapes=[[-1, 1, 1, 5]])))
-    yield "hostile:kernel-shape-mismatch", pack(edited(lambda l: l[L[0]]["params"].update(kernel_shape=[4, 5])))
-    yield "hostile:huge-shape", pack(edited(lambda l: l[L[2]].update(output_shapes=[[-1, 2**32, 2**32, 1]])))
-    yield "hostile:original-names-int", pack(edited(lambda l: l[L[2]].update(original_names=5)))
-    yield "hostile:original-names-dict", pack(edited(lambda l: l[L[0]].update(original_names={"a": 1})))
+    yield "hostile:cycle", pack(edited(lambda layer: (layer[L[1]].update(output=[L[0]]), layer[L[0]].update(input=[L[1]]))))
+    yield "hostile:self-loop", pack(edited(lambda layer: (layer[L[0]].update(output=[L[0]]), layer[L[0]].update(input=[L[0]]))))
+    yield "hostile:branch", pack(edited(lambda layer: layer[L[2]].update(output=[L[0], L[1]])))
+    yield "hostile:two-inputs", pack(edited(lambda layer: layer.update({"net/input_layer2": copy.deepcopy(layer[L[2]])})))
+    yield "hostile:unknown-type", pack(edited(lambda layer: layer[L[0]].update(type="conv")))
+    yield "hostile:shape-mismatch", pack(edited(lambda layer: layer[L[0]].update(output_shapes=[[-1, 1, 1, 5]])))
+    yield "hostile:kernel-shape-mismatch", pack(edited(lambda layer: layer[L[0]]["params"].update(kernel_shape=[4, 5])))
+    yield "hostile:huge-shape", pack(edited(lambda layer: layer[L[2]].update(output_shapes=[[-1, 2**32, 2**32, 1]])))
+    yield "hostile:original-names-int", pack(edited(lambda layer: layer[L[2]].update(original_names=5)))
+    yield "hostile:original-names-dict", pack(edited(lambda layer: layer[L[0]].update(original_names={"a": 1})))
     for bad in (np.nan, np.inf, -np.inf):
-        weights = dict(net.params())
+        weights = dict(hn.weights(net))
         weights["net/dense1/kernel:0"] = weights["net/dense1/kernel:0"].copy()
         weights["net/dense1/kernel:0"][0, 0] = bad
-        yield f"hostile:weights-{bad}", pack(json_bytes(hn), npz_bytes(weights))
-    as_f64 = {k: v.astype(np.float64) for k, v in net.params().items()}
-    yield "hostile:float64-weights", pack(json_bytes(hn), npz_bytes(as_f64))
+        yield f"hostile:weights-{bad}", pack(json_bytes(graph), npz_bytes(weights))
+    as_f64 = {k: v.astype(np.float64) for k, v in hn.weights(net).items()}
+    yield "hostile:float64-weights", pack(json_bytes(graph), npz_bytes(as_f64))
     yield "hostile:deep-nesting", pack(b"[" * 100000 + b"]" * 100000)
-    yield "hostile:deep-nesting-in-value", pack(json_bytes(hn)[:-2] + b', "x": ' + b"[" * 50000 + b"]" * 50000 + b"}\n")
+    yield "hostile:deep-nesting-in-value", pack(json_bytes(graph)[:-2] + b', "x": ' + b"[" * 50000 + b"]" * 50000 + b"}\n")
     yield "hostile:huge-int", pack(b'{"name": ' + b"9" * 5000 + b"}")
-    yield "hostile:nan-literal", pack(json_bytes(hn).replace(b"-1,", b"NaN,", 1))
-    yield "hostile:utf16", pack(json.dumps(hn).encode("utf-16"))
+    yield "hostile:nan-literal", pack(json_bytes(graph).replace(b"-1,", b"NaN,", 1))
+    yield "hostile:utf16", pack(json.dumps(graph).encode("utf-16"))
     for doc in ([], "net", 5, None):
-        yield f"hostile:hn-is-{type(doc).__name__}", pack(json_text(json.dumps(doc)))
-    chain = network.to_hn(tiny_net(hidden=(4,) * 2000))
+        yield f"hostile:graph-is-{type(doc).__name__}", pack(json_text(json.dumps(doc)))
+    chain = hn.to_hn(tiny_net(hidden=(4,) * 2000))
     yield "hostile:2000-layer-chain-without-weights", pack(json_bytes(chain))
 
 
@@ -307,16 +322,16 @@ def npz_cases_for(arrays: dict[str, np.ndarray]):
 
 def npz_float_format() -> Format:
     net = tiny_net()
-    hn = network.to_hn(net)
-    return Format("npz-float-params", "net.npz", npz_cases_for(net.params()),
-                  lambda p: network.from_hn(hn, load_npz(p), str(p)))
+    graph = hn.to_hn(net)
+    return Format("npz-float-params", "net.npz", npz_cases_for(hn.weights(net)),
+                  lambda p: hn.from_hn(graph, load_npz(p), str(p)))
 
 
 def npz_quant_format() -> Format:
     net = tiny_net()
-    arrays = qnetwork.to_arrays(tiny_qnet(net))
+    arrays = qnpz.to_arrays(tiny_qnet(net))
     return Format("npz-quantized (.q.npz)", "net.q.npz", npz_cases_for(arrays),
-                  lambda p: qnetwork.from_arrays(load_npz(p), net, str(p)))
+                  lambda p: qnpz.from_arrays(load_npz(p), net, str(p)))
 
 
 FORMATS = {f.name: f for f in [Format("har", "m.har", har_cases, har.load),

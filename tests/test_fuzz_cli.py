@@ -23,12 +23,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hailopipe import hef
+from hailopipe.formats import ehef
 from tests.conftest import ROOT, random_network
 from tests.fuzzing import LINUX_ONLY, PATH_CASES, SAMPLE, TALLIES, _dev_zero, fuzz, tiny_qnet
 from tests.test_fuzz import FORMATS as ARCHIVES
-from tests.test_fuzz_data import FORMATS as DATA, image_seeds
-from tests.test_fuzz_models import FORMATS as MODELS, REAL_HEF
+from tests.test_fuzz_data import FORMATS as DATA
+from tests.test_fuzz_data import image_seeds
+from tests.test_fuzz_models import FORMATS as MODELS
+from tests.test_fuzz_models import REAL_HEF
 
 pytestmark = [LINUX_ONLY, pytest.mark.skipif(importlib.util.find_spec("hailopipe.cli") is None,
                                              reason="hailopipe.cli not present")]
@@ -51,17 +53,17 @@ def cli_runs(tmp: Path) -> dict[str, list[tuple[list[str], str]]]:
     """Per subcommand, (arguments, the file the error must name): CLI_SAMPLE broken files, then the
     hostile paths."""
     good_hef, good_png = tmp / "good.hef", tmp / "good.png"
-    good_hef.write_bytes(hef.compile_network(tiny_qnet(random_network((8,), name="net")), "hailo8"))
+    good_hef.write_bytes(ehef.compile_network(tiny_qnet(random_network((8,), name="net")), "hailo8"))
     good_png.write_bytes(image_seeds()[0])
     half = CLI_SAMPLE // 2
     real = REAL_HEF.is_file()
-    pools = {"parse-hef": [("m.hef", refused_sample("compiled file (hef.load)", half if real else CLI_SAMPLE, 1))]
-             + ([("m.hef", refused_sample("real Hailo HEF (read_hailo_hef)", half, 2))] if real else []),
+    pools = {"parse-hef": [("m.hef", refused_sample("compiled file (ehef.load)", half if real else CLI_SAMPLE, 1))]
+             + ([("m.hef", refused_sample("real Hailo HEF (hailo_hef.read)", half, 2))] if real else []),
              "parse-har": [("m.har", refused_sample("har", half, 3)),
                            ("m.har", refused_sample("hn (through har.load)", half, 4))],
-             "infer": [("m.hef", refused_sample("compiled file (hef.load)", half, 5)),
+             "infer": [("m.hef", refused_sample("compiled file (ehef.load)", half, 5)),
                        ("digit.png", refused_sample("digit image (images.load_digit)", half, 6))],
-             "run": [("m.hef", refused_sample("compiled file (hef.load)", CLI_SAMPLE, 7))]}
+             "run": [("m.hef", refused_sample("compiled file (ehef.load)", CLI_SAMPLE, 7))]}
     runs: dict[str, list[tuple[list[str], str]]] = {}
     for command, pool in pools.items():
         runs[command] = []
@@ -135,8 +137,8 @@ def cli_driver() -> None:
 
 def cli_verdict(args: list[str], name: str, status: int, stderr: str) -> str | None:
     """None if `hailopipe ARGS` ended with status 1 and one `error:` line naming `name`, no traceback."""
-    lines = [l for l in stderr.splitlines() if l.strip()]
-    errors = [l for l in lines if l.startswith("error:")]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
     if status == 1 and "Traceback" not in stderr and len(errors) == 1 and lines[-1] == errors[0] and name in errors[0]:
         return None
     return f"hailopipe {' '.join(args)}: exit {status}\n{stderr[-1500:]}"

@@ -1,7 +1,7 @@
 """Fuzz the data readers with broken and hostile inputs: the data stage's MNIST split
 (`data.load_split`), the official MNIST arrays (`data.verify`, edited in memory: labels, dtypes,
 shapes, one flipped pixel against the content digest), calibration data
-(`optimizer.calibration_ranges`: NaN/inf, wrong shapes and dtypes, empty) and digit images for
+(`calibration.ranges`: NaN/inf, wrong shapes and dtypes, empty) and digit images for
 `hailopipe infer` (`images.load_digit`: PNG, JPEG, NPY; huge declared sizes).  Engine: tests/fuzzing.py.
 """
 
@@ -17,11 +17,24 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from hailopipe import data, images, optimizer
+from hailopipe import data, images
 from hailopipe.fileio import load_npz, npz_bytes
+from hailopipe.quantization import calibration
+from hailopipe.quantization.config import OptimizeConfig
 from tests.conftest import ROOT, SHARED, random_network
-from tests.fuzzing import (DTYPES, LINUX_ONLY, NPY_HEADERS, PATH_CASES, Format, check, edit_arrays, npy, npy_raw,
-                           raw_cases, zip_members)
+from tests.fuzzing import (
+    DTYPES,
+    LINUX_ONLY,
+    NPY_HEADERS,
+    PATH_CASES,
+    Format,
+    check,
+    edit_arrays,
+    npy,
+    npy_raw,
+    raw_cases,
+    zip_members,
+)
 
 pytestmark = LINUX_ONLY
 
@@ -74,11 +87,11 @@ def load_mnist(target):
     return data.load_split(target)
 
 
-# --- calibration data (optimizer.calibration_ranges) -----------------------------------------------
+# --- calibration data (calibration.ranges) -----------------------------------------------
 
 CALIB_NET = random_network((8,), name="net")
-CLIPPING = [optimizer.OptimizeConfig(calib_size=1), optimizer.OptimizeConfig(calib_size=1, clipping_mode="percentile"),
-            optimizer.OptimizeConfig(calib_size=1, clipping_mode="mse")]
+CLIPPING = [OptimizeConfig(calib_size=1), OptimizeConfig(calib_size=1, clipping_mode="percentile"),
+            OptimizeConfig(calib_size=1, clipping_mode="mse")]
 
 
 def calibration_cases(rng) -> Iterator[tuple[str, tuple]]:
@@ -99,7 +112,7 @@ def calibration_cases(rng) -> Iterator[tuple[str, tuple]]:
 
 
 def load_calibration(case):
-    ranges = optimizer.calibration_ranges(CALIB_NET, *case)
+    ranges = calibration.ranges(CALIB_NET, *case)
     if not all(np.isfinite(lo) and np.isfinite(hi) and lo <= hi for lo, hi in ranges):
         raise AssertionError(f"accepted calibration data but returned ranges {ranges}")
     return ranges

@@ -1,5 +1,5 @@
-"""Fuzz the model files with broken and hostile inputs: the emulator's compiled file (`hef.load`),
-a real Hailo HEF (`hailo_hef.read_hailo_hef`, on mutations of ../shared/data/hef/mnist_cnn.hef,
+"""Fuzz the model files with broken and hostile inputs: the emulator's compiled file (`ehef.load`),
+a real Hailo HEF (`hailo_hef.read`, on mutations of ../shared/data/hef/mnist_cnn.hef,
 skipped if absent) and TFLite (`tflite.read`).  Engine and limits: tests/fuzzing.py.
 
 Checksummed formats are also mutated and *resealed* (sha256 / MD5 / CRC-32 recomputed) so that the
@@ -22,46 +22,57 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from hailopipe import hef, tflite
-from hailopipe.hailo_hef import read_hailo_hef
-from hailopipe.hailo_hef_schema import MESSAGES
+from hailopipe.formats import ehef, tflite
+from hailopipe.formats import hailo_hef
+from hailopipe.formats.hef_schema import MESSAGES
 from tests.conftest import random_network
-from tests.fuzzing import (LINUX_ONLY, PATH_CASES, Format, check, deep, json_text, mutate_bytes, mutate_json,
-                           raw_cases, tiny_net, tiny_qnet)
+from tests.fuzzing import (
+    LINUX_ONLY,
+    PATH_CASES,
+    Format,
+    check,
+    deep,
+    json_text,
+    mutate_bytes,
+    mutate_json,
+    raw_cases,
+    tiny_net,
+    tiny_qnet,
+)
 
 pytestmark = LINUX_ONLY
 REAL_HEF = Path(__file__).resolve().parents[1].parent / "shared/data/hef/mnist_cnn.hef"
 
 
-# --- the emulator's compiled file (hef.load) -----------------------------------------------------
+# --- the emulator's compiled file (ehef.load) -----------------------------------------------------
 
 
-def reseal_hef(body: bytes, size: int | None = None, version: int = hef.VERSION, flags: int = hef.FLAG_EMULATED,
-               magic: bytes = hef.MAGIC) -> bytes:
+def reseal_hef(body: bytes, size: int | None = None, version: int = ehef.VERSION, flags: int = ehef.FLAG_EMULATED,
+               magic: bytes = ehef.MAGIC) -> bytes:
     """Header with a correct sha256 (and size) for `body`: the reader's checks after the checksum decide."""
-    return hef.HEADER.pack(magic, version, flags, len(body) if size is None else size,
+    return ehef.HEADER.pack(magic, version, flags, len(body) if size is None else size,
                            hashlib.sha256(body).digest()) + body
 
 
 def hef_parts(raw: bytes) -> tuple[dict, bytes]:
-    body = raw[hef.HEADER.size:]
+    body = raw[ehef.HEADER.size:]
     (n,) = struct.unpack_from(">I", body)
-    return json.loads(body[4:4 + n]), body[4 + n + (-(4 + n) % hef.ALIGN):]
+    return json.loads(body[4:4 + n]), body[4 + n + (-(4 + n) % ehef.ALIGN):]
 
 
 def hef_body(meta, arrays: bytes, js: bytes | None = None) -> bytes:
     js = json_text(meta) if js is None else js
     head = struct.pack(">I", len(js)) + js
-    return head + b"\0" * (-len(head) % hef.ALIGN) + arrays
+    return head + b"\0" * (-len(head) % ehef.ALIGN) + arrays
 
 
 def hef_cases(rng) -> Iterator[tuple[str, bytes]]:
-    seeds = [hef.compile_network(tiny_qnet(tiny_net()), "hailo8"),
-             hef.compile_network(tiny_qnet(random_network((8,), name="net")), "hailo8")]
+    seeds = [ehef.compile_network(tiny_qnet(tiny_net()), "hailo8"),
+             ehef.compile_network(tiny_qnet(random_network((8,), name="net")), "hailo8")]
     yield from raw_cases(rng, seeds, 350)
     for _ in range(300):
         seed = seeds[int(rng.integers(len(seeds)))]
-        kind, body = mutate_bytes(rng, seed[hef.HEADER.size:])
+        kind, body = mutate_bytes(rng, seed[ehef.HEADER.size:])
         yield f"resealed-bytes:{kind}", reseal_hef(body)
     meta, arrays = hef_parts(seeds[0])
     for _ in range(400):
@@ -73,7 +84,7 @@ def hef_cases(rng) -> Iterator[tuple[str, bytes]]:
         m["arrays"][key].update(changes)
         return reseal_hef(hef_body(m, arrays))
 
-    body = seeds[0][hef.HEADER.size:]
+    body = seeds[0][ehef.HEADER.size:]
     yield "hostile:real-hailo-magic", b"\x01HEF" + bytes(60)
     yield "hostile:body-size-2^63", reseal_hef(body, size=2**63)
     yield "hostile:version-0", reseal_hef(body, version=0)
@@ -95,7 +106,7 @@ def hef_cases(rng) -> Iterator[tuple[str, bytes]]:
     yield from PATH_CASES
 
 
-# --- the real Hailo HEF (hailo_hef.read_hailo_hef) -----------------------------------------------
+# --- the real Hailo HEF (hailo_hef.read) -----------------------------------------------
 
 
 def reseal_v0(body: bytes) -> bytes:
@@ -316,8 +327,8 @@ def tflite_cases(rng) -> Iterator[tuple[str, bytes]]:
     yield from PATH_CASES
 
 
-FORMATS = {f.name: f for f in [Format("compiled file (hef.load)", "m.hef", hef_cases, hef.load)]
-           + ([Format("real Hailo HEF (read_hailo_hef)", "m.hef", hailo_hef_cases, read_hailo_hef)]
+FORMATS = {f.name: f for f in [Format("compiled file (ehef.load)", "m.hef", hef_cases, ehef.load)]
+           + ([Format("real Hailo HEF (hailo_hef.read)", "m.hef", hailo_hef_cases, hailo_hef.read)]
               if REAL_HEF.is_file() else [])
            + [Format("tflite", "m.tflite", tflite_cases, lambda p: tflite.read(p, "net"))]}
 
@@ -330,4 +341,4 @@ def test_fuzz_format(name, tmp_path):
 def test_real_hef_present_or_skipped():
     if not REAL_HEF.is_file():
         pytest.skip(f"{REAL_HEF} absent: the real-HEF fuzz format is not run")
-    assert "real Hailo HEF (read_hailo_hef)" in FORMATS
+    assert "real Hailo HEF (hailo_hef.read)" in FORMATS

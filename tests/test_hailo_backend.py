@@ -1,4 +1,4 @@
-"""The hailo backend (hailopipe/backends/hailo.py, hailo_sdk.py) against the SDK stand-in in tests/fake_hailo.
+"""The hailo backend (hailopipe/backends/hailo/: adapter.py, sdk.py) against the SDK stand-in in tests/fake_hailo.
 
 The real Dataflow Compiler and HailoRT cannot be installed here, so these tests check the adapter
 against fake `hailo_sdk_client` / `hailo_platform` packages that record every call and refuse what
@@ -22,9 +22,11 @@ import numpy as np
 import pytest
 import yaml
 
-from hailopipe import data, har, hef, network, optimizer
-from hailopipe.backends import emulator
+from hailopipe import backends, data, network
+from hailopipe.backends.emulator import compile as emulator_compile
 from hailopipe.errors import PipelineError
+from hailopipe.formats import ehef, har
+from hailopipe.quantization.config import OptimizeConfig
 from tests.conftest import ROOT
 
 FAKE = ROOT / "tests" / "fake_hailo"
@@ -141,7 +143,7 @@ def sdk():
 
 @pytest.fixture
 def cfg():
-    return optimizer.OptimizeConfig(calib_size=200)
+    return OptimizeConfig(calib_size=200)
 
 
 @pytest.fixture
@@ -239,7 +241,7 @@ def test_without_sdk_one_clear_message():
     from hailopipe import backends
 
     with pytest.raises(PipelineError) as err:
-        backends.get("hailo")
+        backends.get("hailo", "parse")
     msg = str(err.value)
     assert "\n" not in msg
     for part in ("hailo_sdk_client", "hailo_dataflow_compiler-", "hailort-", "hailo.ai/developer-zone",
@@ -268,14 +270,16 @@ def test_emulator_never_imports_the_sdk(tmp_path, tflite_path, subset):
     np.savez(tmp_path / "x.npz", x=data.to_float(subset["x_val"][:100]))
     code = f"""
 import sys, numpy as np
-from hailopipe import backends, optimizer
-e = backends.get("emulator")
+from hailopipe import backends
+from hailopipe.quantization.config import OptimizeConfig
+e = lambda step: backends.get("emulator", step)
 x = np.load({str(tmp_path / "x.npz")!r})["x"]
 d = {str(tmp_path)!r}
-e.parse({str(tflite_path)!r}, d + "/m.har", "mnist", "hailo8")
-e.optimize(d + "/m.har", d + "/q.har", x, optimizer.OptimizeConfig(calib_size=100), "hailo8")
-e.compile(d + "/q.har", d + "/m.hef", "hailo8")
-e.infer_quantized(d + "/q.har", x); e.infer_compiled(d + "/m.hef", x)
+e("parse").parse({str(tflite_path)!r}, d + "/m.har", "mnist", "hailo8")
+e("optimize").optimize(d + "/m.har", d + "/q.har", x, OptimizeConfig(calib_size=100), "hailo8")
+e("compile").compile(d + "/q.har", d + "/m.hef", "hailo8")
+e("evaluate").infer_quantized(d + "/q.har", x); e("evaluate").infer_compiled(d + "/m.hef", x)
+e("noise").analyze_noise(d + "/m.har", d + "/q.har", x)
 bad = [m for m in sys.modules if m.startswith(("hailo_sdk_client", "hailo_platform", "fake_hailo"))]
 assert not bad, bad
 import importlib.util
@@ -305,7 +309,7 @@ def test_parse_translates_with_nodes_from_the_tflite_file(fake, fitted_net, tmp_
     assert calls("save_har")[0]["path"] != str(tmp_path / "models" / "m.har")  # a temporary name, then renamed
     assert sorted(os.listdir(tmp_path / "models")) == ["m.har"]
     assert summary["sdk_names"] == {"dense1": "fc1", "dense2": "fc2", "dense3": "fc3"}
-    assert summary["params"] == sum(l.kernel.size + l.bias.size for l in fitted_net.layers)
+    assert summary["params"] == sum(layer.kernel.size + layer.bias.size for layer in fitted_net.layers)
     assert har.load(tmp_path / "models" / "m.har").state == "hailo_model"
 
 
@@ -341,7 +345,7 @@ def test_hw_arch_checked_against_the_sdk_major(fake, tflite_path, tmp_path, arch
 def test_optimize_loads_the_generated_script_and_raw_pixels(fake, parsed, val_images, tmp_path):
     from hailopipe.backends import hailo
 
-    cfg = optimizer.OptimizeConfig(calib_size=200, precision={"dense3": "a16_w16"})
+    cfg = OptimizeConfig(calib_size=200, precision={"dense3": "a16_w16"})
     summary = hailo.optimize(parsed, tmp_path / "q.har", val_images[0][:200], cfg, "hailo8")
     assert [c["call"] for c in calls()][-6:] == ["ClientRunner", "get_hn_dict", "get_params", "load_model_script",
                                                  "optimize", "save_har"]
@@ -362,7 +366,7 @@ def test_optimize_returns_the_sdks_warnings(fake, parsed, val_images, tmp_path, 
 
     if gpu:
         fake(FAKE_HAILO_GPU="1")
-    cfg = optimizer.OptimizeConfig(calib_size=200, optimization_level=level)
+    cfg = OptimizeConfig(calib_size=200, optimization_level=level)
     summary = hailo.optimize(parsed, tmp_path / "q.har", val_images[0][:200], cfg, "hailo8")
     assert summary["optimization_level_reduced_to"] == reduced
     reducing = [w for w in summary["warnings"] if w.startswith("Reducing optimization level to 0")]
@@ -380,7 +384,7 @@ def test_optimize_returns_the_sdks_warnings(fake, parsed, val_images, tmp_path, 
 def test_optimize_refuses_what_the_sdk_path_cannot_do(fake, parsed, val_images, tmp_path, change, match):
     from hailopipe.backends import hailo
 
-    cfg = optimizer.OptimizeConfig(calib_size=200, **change)
+    cfg = OptimizeConfig(calib_size=200, **change)
     with pytest.raises(PipelineError, match=match):
         hailo.optimize(parsed, tmp_path / "q.har", val_images[0][:200], cfg, "hailo8")
     assert calls("optimize") == [] and not (tmp_path / "q.har").exists()
@@ -415,15 +419,15 @@ def test_compile_writes_the_hef_and_the_compiled_har(fake, quantized, tmp_path, 
     assert [c["call"] for c in calls()][-5:] == ["ClientRunner", "compile", "save_har", "get_hn_dict", "model_script"]
     assert calls("ClientRunner")[-1] == {"call": "ClientRunner", "hw_arch": "hailo8", "har": str(quantized)}
     assert hef_path.read_bytes()[:4] == bytes([0x01, 0x48, 0x45, 0x46])
-    assert hailo.compiled_har_path(hef_path) == tmp_path / "models" / "mnist_compiled.har"
+    assert backends.compiled_har_path(hef_path) == tmp_path / "models" / "mnist_compiled.har"
     assert har.load(tmp_path / "models" / "mnist_compiled.har").state == "compiled_model"
     assert sorted(os.listdir(hef_path.parent)) == ["mnist.hef", "mnist_compiled.har"]
     # the same figures as the emulator's report for the same network
     qnet = har.load(quantized).qnet
-    expected = hef.compile_report(qnet)
+    expected = ehef.layer_report(qnet)
     assert report["total"] == expected["total"]
-    assert {k: {f: v for f, v in l.items() if f != "sdk_name"} for k, l in report["layers"].items()} == \
-        {f"dense{i}": l for i, l in enumerate(expected["layers"].values(), 1)}
+    assert {k: {f: v for f, v in layer.items() if f != "sdk_name"} for k, layer in report["layers"].items()} == \
+        {f"dense{i}": layer for i, layer in enumerate(expected["layers"].values(), 1)}
     assert report["hef"]["hw_arch"] == "HAILO8P" and report["hef"]["compatible"] == ["HAILO8"]
 
 
@@ -493,7 +497,7 @@ def test_infer_compiled_checks_the_hailort_major(fake, quantized, tmp_path, val_
 def test_infer_compiled_refuses_the_emulators_file(fake, quantized, tmp_path, val_images):
     from hailopipe.backends import hailo
 
-    emulator.compile(quantized, tmp_path / "e.hef", "hailo8")  # the fake's HAR is this project's format
+    emulator_compile.compile(quantized, tmp_path / "e.hef", "hailo8")  # the fake's HAR is this project's format
     with pytest.raises(PipelineError, match="not a Hailo HEF"):
         hailo.infer_compiled(tmp_path / "e.hef", val_images[0])
 

@@ -1,4 +1,4 @@
-"""Tests for hailopipe.hailo_hef (and its schema, hailo_hef_schema) on a real Hailo-8 HEF (DFC 3.27.0) and on broken copies of it."""
+"""Tests for hailopipe.formats.hailo_hef (and its schema, hef_schema) on a real Hailo-8 HEF (DFC 3.27.0) and on broken copies of it."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from hailopipe.hailo_hef import (HAILO_HEF_MAGIC, HailoHefInfo, HefFormatError, describe, is_hailo_hef, main,
-                                 read_hailo_hef)
-from hailopipe.hailo_hef_schema import MESSAGES
+from hailopipe.formats.hailo_hef import MAGIC, HefFormatError, is_hailo_hef, main, read
+from hailopipe.formats.parse_hef import describe
+from hailopipe.formats.streams import FormatOrder, FormatType, HefInfo
+from hailopipe.formats.hef_schema import MESSAGES
 
 REAL_HEF = Path(__file__).resolve().parents[1].parent / "shared/data/hef/mnist_cnn.hef"
 
@@ -31,8 +32,8 @@ def body(hef_bytes) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def info(hef_bytes) -> HailoHefInfo:
-    return read_hailo_hef(REAL_HEF)
+def info(hef_bytes) -> HefInfo:
+    return read(REAL_HEF)
 
 
 def _write(tmp_path: Path, data: bytes, name: str = "x.hef") -> Path:
@@ -43,7 +44,7 @@ def _write(tmp_path: Path, data: bytes, name: str = "x.hef") -> Path:
 
 def _expect_error(path: Path, *fragments: str, **kwargs) -> str:
     with pytest.raises(HefFormatError) as ei:
-        read_hailo_hef(path, **kwargs)
+        read(path, **kwargs)
     msg = str(ei.value)
     assert isinstance(ei.value, ValueError)
     assert str(path) in msg and "\n" not in msg
@@ -56,7 +57,7 @@ def _wrap(body: bytes, version: int, tail: bytes = b"", body_hash: bool = False)
     """A HEF header of `version` around `body` (+ `tail` as the ccws section), checksummed; for v3,
     `body_hash` sets proto_xxh3_64 (the body's own hash, and then bytes may follow)."""
     rest = body + tail
-    common = struct.pack(">III", HAILO_HEF_MAGIC, version, len(body))
+    common = MAGIC + struct.pack(">II", version, len(body))
     if version == 0:
         return common + struct.pack(">I", 0) + hashlib.md5(rest).digest() + rest
     if version == 1:
@@ -100,16 +101,16 @@ def test_real_network_group(info):
 def test_real_streams(info):
     ng = info.network_groups[0]
     (inp,), (out,) = ng.inputs, ng.outputs
-    assert (inp.name, inp.direction, inp.format_type, inp.order, inp.shape) == \
-        ("MNIST_CNN/input_layer1", "input", "UINT8", "NHWC", (32, 32, 1))
+    assert (inp.name, inp.direction, inp.format.type, inp.format.order, inp.shape) == \
+        ("MNIST_CNN/input_layer1", "input", FormatType.UINT8, FormatOrder.NHWC, (32, 32, 1))
     assert (inp.quant_info.qp_scale, inp.quant_info.qp_zp) == (1.0, 0.0)
     assert (inp.quant_info.limvals_min, inp.quant_info.limvals_max) == (0.0, 255.0)
     assert inp.network_name == "MNIST_CNN/MNIST_CNN"
     # The device order of this output is FCR, which HailoRT reports as the vstream order and whose
     # host buffer is laid out NHWC.
-    assert (out.name, out.direction, out.format_type, out.order, out.shape) == \
-        ("MNIST_CNN/maxpool3", "output", "UINT8", "FCR", (4, 4, 16))
-    assert out.host_layout == "NHWC"
+    assert (out.name, out.direction, out.format.type, out.format.order, out.shape) == \
+        ("MNIST_CNN/maxpool3", "output", FormatType.UINT8, FormatOrder.FCR, (4, 4, 16))
+    assert out.format.order.host_layout == FormatOrder.NHWC
     assert out.quant_info.qp_zp == 0.0
     assert out.quant_info.qp_scale == pytest.approx(0.0357312, rel=1e-5)
     assert out.quant_info.limvals_min == 0.0
@@ -147,7 +148,7 @@ def test_main_prints_describe(info, capsys):
 @pytest.mark.parametrize("version", [0, 1, 2, 3])
 def test_rewrapped_header_versions(tmp_path, body, info, version):
     p = _write(tmp_path, _wrap(body, version))
-    got = read_hailo_hef(p)
+    got = read(p)
     assert got.header_version == version
     assert got.network_groups == info.network_groups
     assert (got.hw_arch, got.sdk_version) == (info.hw_arch, info.sdk_version)
@@ -161,7 +162,7 @@ def test_rewrapped_header_versions(tmp_path, body, info, version):
 
 def test_v1_with_ccws_section(tmp_path, body, info):
     p = _write(tmp_path, _wrap(body, 1, tail=b"\xaa" * 64))
-    assert read_hailo_hef(p).network_groups == info.network_groups
+    assert read(p).network_groups == info.network_groups
 
 
 def test_v1_bad_crc(tmp_path, body):
@@ -189,7 +190,7 @@ def test_bad_xxh3(tmp_path, body, version):
 
 def test_v3_body_hash(tmp_path, body, info):
     data = _wrap(body, 3, tail=b"\xaa" * 16, body_hash=True)
-    got = read_hailo_hef(_write(tmp_path, data + b"trailing bytes are allowed with a body hash"))
+    got = read(_write(tmp_path, data + b"trailing bytes are allowed with a body hash"))
     assert got.checksum == f"xxh3_64 of body {xxhash.xxh3_64_intdigest(body):016x} (verified)"
     assert got.network_groups == info.network_groups
     broken = bytearray(data)
@@ -252,7 +253,7 @@ def test_body_without_network_groups(tmp_path):
 
 
 def test_missing_file(tmp_path):
-    _expect_error(tmp_path / "nope.hef", "no such file")
+    _expect_error(tmp_path / "nope.hef", "file not found")
 
 
 def test_size_limit(tmp_path, hef_bytes):
@@ -297,13 +298,13 @@ def _synthetic_hef() -> bytes:
 
 
 def test_synthetic_core_op_and_softmax(tmp_path):
-    info = read_hailo_hef(_write(tmp_path, _wrap(_synthetic_hef(), 1)))
+    info = read(_write(tmp_path, _wrap(_synthetic_hef(), 1)))
     assert info.hw_arch == "HAILO8L" and info.compatible_archs == ["HAILO8L", "HAILO8"]
     assert info.sdk_version == "3.28.0"
     (ng,) = info.network_groups
     assert (ng.name, ng.contexts, ng.networks) == ("net", 2, ["net/net"])
     assert [s.name for s in ng.inputs] == ["net/input_layer1"]
-    assert [(s.name, s.format_type, s.order, s.shape) for s in ng.outputs] == [
+    assert [(s.name, s.format.type.name, s.format.order.text, s.shape) for s in ng.outputs] == [
         ("net/softmax1", "FLOAT32", "NC", (10,)), ("net/fc1", "UINT16", "NC", (10,))]
     assert ng.outputs[1].quant_info.qp_zp == 3.0
     assert ng.ops == ["softmax1: SOFTMAX on host, net/fc2 -> net/softmax1"]

@@ -5,21 +5,21 @@ import struct
 import numpy as np
 import pytest
 
-from hailopipe import hef
 from hailopipe.engine import Engine
 from hailopipe.errors import PipelineError
+from hailopipe.formats import ehef
 from tests.conftest import SHARED
 
 
 @pytest.fixture
 def compiled(tmp_path, fitted_qnet):
     p = tmp_path / "m.hef"
-    p.write_bytes(hef.compile_network(fitted_qnet, "hailo8"))
+    p.write_bytes(ehef.compile_network(fitted_qnet, "hailo8"))
     return p
 
 
 def test_round_trip_runs_identically(compiled, fitted_qnet):
-    m = hef.load(compiled)
+    m = ehef.load(compiled)
     q_in = np.random.default_rng(0).integers(-128, 128, (50, 28, 28, 1)).astype(np.int8)
     assert (Engine(m.qnet).run(q_in) == Engine(fitted_qnet).run(q_in)).all()
     assert m.meta["emulated"] is True and m.meta["hw_arch"] == "hailo8"
@@ -27,18 +27,18 @@ def test_round_trip_runs_identically(compiled, fitted_qnet):
 
 def test_header_is_not_a_hailo_hef(compiled):
     raw = compiled.read_bytes()
-    magic, version, flags, size, _ = hef.HEADER.unpack_from(raw)
+    magic, version, flags, size, _ = ehef.HEADER.unpack_from(raw)
     assert magic == b"EHEF" and raw[:4] != b"\x01HEF"
-    assert version == 1 and flags & hef.FLAG_EMULATED and size == len(raw) - hef.HEADER.size
+    assert version == 1 and flags & ehef.FLAG_EMULATED and size == len(raw) - ehef.HEADER.size
 
 
 def test_bytes_are_deterministic(fitted_qnet):
-    assert hef.compile_network(fitted_qnet, "hailo8") == hef.compile_network(fitted_qnet, "hailo8")
+    assert ehef.compile_network(fitted_qnet, "hailo8") == ehef.compile_network(fitted_qnet, "hailo8")
 
 
 def test_stream_infos(compiled, fitted_qnet):
-    m = hef.load(compiled)
-    (i,), (o,) = m.inputs, m.outputs
+    m = ehef.load(compiled)
+    (i,), (o,) = m.meta["inputs"], m.meta["outputs"]
     assert i["name"] == "net/input_layer1" and i["shape"] == [28, 28, 1] and i["order"] == "NHWC"
     assert i["format_type"] == "UINT8" and i["qp_zp"] == 0 and abs(i["qp_scale"] - 1 / 255) < 1e-9
     assert o["name"] == "net/dense3" and o["shape"] == [10] and o["order"] == "NC"
@@ -46,14 +46,14 @@ def test_stream_infos(compiled, fitted_qnet):
 
 
 def test_compile_report(fitted_qnet):
-    r = hef.compile_report(fitted_qnet)
+    r = ehef.layer_report(fitted_qnet)
     assert r["layers"]["dense1"]["macs"] == 784 * 64
     assert r["total"]["macs"] == 784 * 64 + 64 * 32 + 32 * 10
 
 
 def _expect_error(path, words):
     with pytest.raises(PipelineError) as err:
-        hef.load(path)
+        ehef.load(path)
     assert str(path) in str(err.value) and words in str(err.value)
 
 
@@ -85,5 +85,15 @@ def test_real_hailo_hef_is_recognised():
     real = SHARED / "hef" / "mnist_cnn.hef"
     if not real.exists():
         pytest.skip("shared/data/hef/mnist_cnn.hef not present")
-    with pytest.raises(hef.RealHefError, match="Hailo device and HailoRT"):
-        hef.load(real)
+    with pytest.raises(ehef.RealHefError, match="Hailo device and HailoRT"):
+        ehef.load(real)
+
+
+def test_stream_records_are_the_description(compiled, fitted_qnet):
+    """The JSON records and the HefInfo the runtime reports say the same."""
+    m = ehef.load(compiled)
+    (i,), (o,) = m.info.network_groups[0].inputs, m.info.network_groups[0].outputs
+    assert (i.name, i.format.type.name, i.format.order.name, i.shape) == ("net/input_layer1", "UINT8", "NHWC", (28, 28, 1))
+    assert (o.name, o.format.order.name, o.shape, o.quant_info.qp_zp) == \
+        ("net/dense3", "NC", (10,), float(fitted_qnet.output.out_zp + 128))
+

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from hailopipe import hef
 from hailopipe.fileio import sha256_file
+from hailopipe.formats import ehef
 from tests.test_dvc_remote import clone_beside, pushed_repo
 from tests.test_pipeline import MNIST, pytestmark, run  # noqa: F401 (pytestmark: needs MNIST)
 from tests.test_reproducible import tracked_outputs
@@ -104,7 +104,7 @@ def test_killed_stage_keeps_the_previous_output_whole(repo, tmp_path):
     os.kill(pid, signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL
     assert out.read_bytes() == before  # the previous output, whole
-    hef.load(out)
+    ehef.load(out)
     assert "up to date" in run(repo, "dvc", "status").stdout
     assert partial.exists()  # SIGKILL leaves the temporary file; no stage ever reads `.*.tmp` files
 
@@ -125,7 +125,7 @@ def test_killed_dvc_repro_recovers(repo, tmp_path, kill):
     assert proc.returncode != 0, log
     assert not out.exists() or sha256_file(out) == before["models/mnist.hef"], "neither absent nor whole"
     if out.exists():
-        hef.load(out)
+        ehef.load(out)
     assert (repo / "dvc.lock").read_bytes() == lock
     run(repo, "dvc", "repro")
     assert tracked_outputs(repo) == before

@@ -6,8 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-from hailopipe import data, network, tflite
+from hailopipe import data, network
 from hailopipe.errors import PipelineError
+from hailopipe.formats import tflite
 
 pytest.importorskip("tensorflow")
 from hailopipe import model  # noqa: E402
@@ -36,7 +37,7 @@ def test_same_seed_same_bytes(trained):
 def test_parser_reads_the_keras_graph(trained, val_images):
     keras_model, paths = trained[0]
     net = tflite.read(paths["tflite"], "mnist")
-    assert [(l.name, l.kernel.shape, l.activation) for l in net.layers] == [
+    assert [(layer.name, layer.kernel.shape, layer.activation) for layer in net.layers] == [
         ("dense1", (784, 32), "relu"), ("dense2", (32, 16), "relu"), ("dense3", (16, 10), "linear")]
     assert net.input_shape == (28, 28, 1)
     x = val_images[0][:64]
@@ -44,7 +45,7 @@ def test_parser_reads_the_keras_graph(trained, val_images):
 
 
 def test_parse_stage_imports_no_tensorflow(trained, tmp_path):
-    code = ("import sys; from hailopipe import tflite, har; "
+    code = ("import sys; from hailopipe.formats import tflite, har; "
             f"n = tflite.read({trained[0][1]['tflite']!r}, 'mnist'); "
             f"har.save(har.Har('hailo_model', n), {str(tmp_path / 'm.har')!r}); "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")

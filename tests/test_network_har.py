@@ -8,14 +8,14 @@ import tarfile
 import numpy as np
 import pytest
 
-from hailopipe import har, network
 from hailopipe.errors import PipelineError
+from hailopipe.formats import har, hn
 
 
 def test_hn_layout(small_net):
-    hn = network.to_hn(small_net)
-    assert hn["net_params"]["output_layers_order"] == ["net/output_layer1"]
-    layers = hn["layers"]
+    graph = hn.to_hn(small_net)
+    assert graph["net_params"]["output_layers_order"] == ["net/output_layer1"]
+    layers = graph["layers"]
     assert layers["net/input_layer1"]["type"] == "input_layer"
     assert layers["net/input_layer1"]["output_shapes"] == [[-1, 28, 28, 1]]
     assert layers["net/dense1"]["params"]["kernel_shape"] == [784, 32]
@@ -25,36 +25,36 @@ def test_hn_layout(small_net):
 
 
 def test_hn_round_trip(small_net):
-    back = network.from_hn(network.to_hn(small_net), small_net.params())
-    assert [l.name for l in back.layers] == [l.name for l in small_net.layers]
+    back = hn.from_hn(hn.to_hn(small_net), hn.weights(small_net))
+    assert [layer.name for layer in back.layers] == [layer.name for layer in small_net.layers]
     for a, b in zip(back.layers, small_net.layers):
         assert (a.kernel == b.kernel).all() and (a.bias == b.bias).all() and a.activation == b.activation
 
 
 def _broken(small_net, edit):
-    hn = copy.deepcopy(network.to_hn(small_net))
-    params = dict(small_net.params())
-    edit(hn, params)
+    graph = copy.deepcopy(hn.to_hn(small_net))
+    params = dict(hn.weights(small_net))
+    edit(graph, params)
     with pytest.raises(PipelineError) as err:
-        network.from_hn(hn, params, "x.hn")
+        hn.from_hn(graph, params, "x.hn")
     return str(err.value)
 
 
 def test_hn_refuses_cycles(small_net):
-    def edit(hn, p):
-        hn["layers"]["net/dense2"]["output"] = ["net/dense1"]
-        hn["layers"]["net/dense1"]["input"] = ["net/dense2"]
+    def edit(graph, p):
+        graph["layers"]["net/dense2"]["output"] = ["net/dense1"]
+        graph["layers"]["net/dense1"]["input"] = ["net/dense2"]
     assert "x.hn" in _broken(small_net, edit)
 
 
 @pytest.mark.parametrize("edit,words", [
-    (lambda hn, p: hn["layers"]["net/dense2"].update(type="conv"), "unsupported type"),
-    (lambda hn, p: hn["layers"]["net/dense2"]["params"].update(activation="swish"), "activation"),
-    (lambda hn, p: p.update({"net/dense2/kernel:0": np.zeros((31, 16), np.float32)}), "kernel shape"),
-    (lambda hn, p: p.__setitem__("net/dense1/bias:0", np.full(32, np.nan, np.float32)), "NaN"),
-    (lambda hn, p: p.pop("net/dense3/bias:0"), "missing"),
-    (lambda hn, p: hn["layers"].pop("net/output_layer1"), "unknown layer"),
-    (lambda hn, p: hn["layers"]["net/input_layer1"].update(output_shapes=[[1, 28, 28]]), "shape"),
+    (lambda graph, p: graph["layers"]["net/dense2"].update(type="conv"), "unsupported type"),
+    (lambda graph, p: graph["layers"]["net/dense2"]["params"].update(activation="swish"), "activation"),
+    (lambda graph, p: p.update({"net/dense2/kernel:0": np.zeros((31, 16), np.float32)}), "kernel shape"),
+    (lambda graph, p: p.__setitem__("net/dense1/bias:0", np.full(32, np.nan, np.float32)), "NaN"),
+    (lambda graph, p: p.pop("net/dense3/bias:0"), "missing"),
+    (lambda graph, p: graph["layers"].pop("net/output_layer1"), "unknown layer"),
+    (lambda graph, p: graph["layers"]["net/input_layer1"].update(output_shapes=[[1, 28, 28]]), "shape"),
 ])
 def test_hn_refuses_broken_graphs(small_net, edit, words):
     assert words in _broken(small_net, edit)

@@ -6,9 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from hailopipe import har, noise, optimizer, quant
-from hailopipe.engine import Engine
-from hailopipe.optimizer import OptimizeConfig
+from hailopipe.engine import Engine, run_layer
+from hailopipe.backends.emulator import noise as emulator_noise
+from hailopipe.formats import har
+from hailopipe.quantization import arithmetic, noise, optimizer
+from hailopipe.quantization.config import OptimizeConfig
 from tests.conftest import random_network
 
 ALL16 = {"dense1": "a16_w16", "dense2": "a16_w16", "dense3": "a16_w16"}
@@ -34,8 +36,8 @@ def test_stepping_layer_by_layer_equals_the_engine_bit_for_bit(precision, per_ch
     outs = noise.quantized_layer_outputs(qnet, q_in)
     whole = Engine(qnet).run(q_in)
     assert outs[-1].dtype == whole.dtype and np.array_equal(outs[-1], whole)
-    for l, o in zip(qnet.layers, outs):
-        assert o.dtype == quant.storage_dtype(l.out_bits) and o.shape == (300, l.kernel.shape[1])
+    for layer, o in zip(qnet.layers, outs):
+        assert o.dtype == arithmetic.storage_dtype(layer.out_bits) and o.shape == (300, layer.kernel.shape[1])
 
 
 def test_snr_definition():
@@ -69,7 +71,7 @@ def test_unquantized_layer_output_is_infinite_snr(fitted_net, calib):
     """A layer whose float outputs are exactly representable: the engine reproduces them, no noise."""
     qnet = optimizer.quantize_network(fitted_net, calib, OptimizeConfig())
     first = qnet.layers[0]
-    f = quant.dequantize(noise.run_layer(first, quant.quantize(calib, qnet.input_scale, qnet.input_zp, 8)),
+    f = arithmetic.dequantize(run_layer(first, arithmetic.quantize(calib, qnet.input_scale, qnet.input_zp, 8)),
                          first.out_scale, first.out_zp)
     assert noise.snr_db(f, f.copy()) == math.inf
 
@@ -89,11 +91,11 @@ def test_report_is_json_safe_and_the_table_lists_every_layer(fitted_net, fitted_
     assert metrics["min_snr_db"] == min(v["snr_db"] for v in metrics["layers"].values())
     lines = table.splitlines()
     assert lines[0] == "layer,precision,snr_db,isolated_snr_db"
-    assert [l.split(",")[0] for l in lines[1:]] == ["dense1", "dense2", "dense3"]
+    assert [line.split(",")[0] for line in lines[1:]] == ["dense1", "dense2", "dense3"]
 
 
 def test_analyze_har_reads_both_archives(tmp_path, fitted_net, fitted_qnet, calib):
     har.save(har.Har("hailo_model", fitted_net), tmp_path / "f.har")
     har.save(har.Har("quantized_model", fitted_net, fitted_qnet), tmp_path / "q.har")
-    got = noise.analyze_har(tmp_path / "f.har", tmp_path / "q.har", calib)
+    got = emulator_noise.analyze_noise(tmp_path / "f.har", tmp_path / "q.har", calib)
     assert got == noise.analyze(fitted_net, fitted_qnet, calib)

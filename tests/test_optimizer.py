@@ -3,10 +3,12 @@
 import numpy as np
 import pytest
 
-from hailopipe import network, noise, optimizer, qnetwork, quant
+from hailopipe import network
 from hailopipe.engine import Engine
 from hailopipe.errors import PipelineError
-from hailopipe.optimizer import FinetuneConfig, OptimizeConfig
+from hailopipe.formats import hn, qnpz
+from hailopipe.quantization import arithmetic, calibration, model_script, noise, optimizer
+from hailopipe.quantization.config import FinetuneConfig, OptimizeConfig
 
 
 @pytest.fixture(scope="module")
@@ -16,8 +18,8 @@ def calib(val_images):
 
 def output_error(net, qnet, x) -> np.ndarray:
     """Dequantized engine output minus float output, [N, 10]."""
-    q = Engine(qnet).run(quant.quantize(x, qnet.input_scale, qnet.input_zp, qnet.input_bits))
-    return quant.dequantize(q, qnet.output.out_scale, qnet.output.out_zp) - network.forward(net, x)
+    q = Engine(qnet).run(arithmetic.quantize(x, qnet.input_scale, qnet.input_zp, qnet.input_bits))
+    return arithmetic.dequantize(q, qnet.output.out_scale, qnet.output.out_zp) - network.forward(net, x)
 
 
 def with_outliers(rng, n=5000):
@@ -30,8 +32,8 @@ def with_outliers(rng, n=5000):
 @pytest.mark.parametrize("method", ["percentile", "mse"])
 def test_clipping_narrows_the_range_on_data_with_outliers(method, seed):
     v = with_outliers(np.random.default_rng(seed))
-    lo, hi = quant.percentile_range(v, 0.1, 99.9) if method == "percentile" else quant.mse_range(v, 8)
-    mm_lo, mm_hi = quant.minmax_range(v)
+    lo, hi = arithmetic.percentile_range(v, 0.1, 99.9) if method == "percentile" else arithmetic.mse_range(v, 8)
+    mm_lo, mm_hi = arithmetic.minmax_range(v)
     assert mm_lo < lo < 0 < hi < mm_hi
     if method == "percentile":
         assert hi - lo < 0.2 * (mm_hi - mm_lo)
@@ -40,7 +42,7 @@ def test_clipping_narrows_the_range_on_data_with_outliers(method, seed):
 def test_mse_range_keeps_outliers_when_the_step_is_fine_enough():
     """At 16 bits rounding costs almost nothing, so clamping a 60 to save it never pays: min/max wins."""
     v = with_outliers(np.random.default_rng(0))
-    assert quant.mse_range(v, 16) == quant.minmax_range(v)
+    assert arithmetic.mse_range(v, 16) == arithmetic.minmax_range(v)
 
 
 @pytest.mark.parametrize("bits", [8, 16])
@@ -51,24 +53,24 @@ def test_mse_range_is_no_worse_than_minmax_or_percentile(data, bits):
          "relu": np.maximum(rng.standard_normal(5000), 0)}[data]
 
     def mse(r):
-        return np.mean((quant.fake_quantize(v, *r, bits) - v) ** 2)
+        return np.mean((arithmetic.fake_quantize(v, *r, bits) - v) ** 2)
 
-    best = mse(quant.mse_range(v, bits))
-    assert best <= mse(quant.minmax_range(v)) and best <= mse(quant.percentile_range(v, 0.01, 99.99))
+    best = mse(arithmetic.mse_range(v, bits))
+    assert best <= mse(arithmetic.minmax_range(v)) and best <= mse(arithmetic.percentile_range(v, 0.01, 99.99))
     if data == "uniform":  # nothing to clip: the search keeps (almost) the whole range
-        assert quant.mse_range(v, bits)[1] >= 0.95 * v.max()
+        assert arithmetic.mse_range(v, bits)[1] >= 0.95 * v.max()
 
 
 def test_percentile_mode_narrows_network_ranges_when_calibration_has_outliers(fitted_net, calib):
     bright = np.ones((1, 28, 28, 1), np.float32)  # one all-white image: far larger activations than digits
     x = np.concatenate([calib, bright])
-    wide = optimizer.calibration_ranges(fitted_net, x, OptimizeConfig())
-    clipped = optimizer.calibration_ranges(fitted_net, x, OptimizeConfig(clipping_mode="percentile",
+    wide = calibration.ranges(fitted_net, x, OptimizeConfig())
+    clipped = calibration.ranges(fitted_net, x, OptimizeConfig(clipping_mode="percentile",
                                                                          clipping_values=(0.0, 99.9)))
     for (lo, hi), (c_lo, c_hi) in zip(wide, clipped):
         assert c_hi - c_lo < hi - lo
     q = optimizer.quantize_network(fitted_net, x, OptimizeConfig(clipping_mode="percentile", clipping_values=(0.0, 99.9)))
-    assert [l.limvals for l in q.layers] == [tuple(map(float, r)) for r in clipped]
+    assert [layer.limvals for layer in q.layers] == [tuple(map(float, r)) for r in clipped]
 
 
 @pytest.mark.parametrize("precision", [{}, {"dense3": "a16_w16"}])
@@ -84,13 +86,13 @@ def test_bias_correction_moves_the_mean_output_error_toward_zero(fitted_net, cal
 
 def test_bias_correction_leaves_no_mean_pre_activation_error(fitted_net, calib):
     q = optimizer.quantize_network(fitted_net, calib, OptimizeConfig(optimization_level=1, per_channel=False))
-    f_outs = noise.float_layer_outputs(fitted_net, calib)
-    q_outs = noise.quantized_layer_outputs(q, quant.quantize(calib, q.input_scale, q.input_zp, 8))
-    q_ins = [quant.quantize(calib.reshape(len(calib), -1), q.input_scale, q.input_zp, 8)] + q_outs[:-1]
+    f_outs = network.forward(fitted_net, calib, collect=True)[1]
+    q_outs = noise.quantized_layer_outputs(q, arithmetic.quantize(calib, q.input_scale, q.input_zp, 8))
+    q_ins = [arithmetic.quantize(calib.reshape(len(calib), -1), q.input_scale, q.input_zp, 8)] + q_outs[:-1]
     f_ins = [calib.reshape(len(calib), -1)] + f_outs[:-1]
-    for l, d, q_in, f_in in zip(q.layers, fitted_net.layers, q_ins, f_ins):
-        err = optimizer.bias_error(l, q_in.mean(0, dtype=np.float64), d, f_in.mean(0, dtype=np.float64))
-        unit = l.in_scale * l.w_scale.astype(np.float64)  # one step of the integer bias
+    for layer, d, q_in, f_in in zip(q.layers, fitted_net.layers, q_ins, f_ins):
+        err = optimizer.bias_error(layer, q_in.mean(0, dtype=np.float64), d, f_in.mean(0, dtype=np.float64))
+        unit = layer.in_scale * layer.w_scale.astype(np.float64)  # one step of the integer bias
         assert (np.abs(err) <= 0.5 * unit + 1e-9).all()
 
 
@@ -105,24 +107,24 @@ def test_finetune_lowers_the_output_error_on_the_calibration_set(fitted_net, cal
 
 def test_level_two_is_deterministic(fitted_net, calib):
     cfg = OptimizeConfig(optimization_level=2, finetune=FinetuneConfig(epochs=2))
-    a, b = (qnetwork.to_arrays(optimizer.quantize_network(fitted_net, calib, cfg)) for _ in range(2))
+    a, b = (qnpz.to_arrays(optimizer.quantize_network(fitted_net, calib, cfg)) for _ in range(2))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_finetune_keeps_the_float_network_unchanged(fitted_net, calib):
-    before = {k: v.copy() for k, v in fitted_net.params().items()}
+    before = {k: v.copy() for k, v in hn.weights(fitted_net).items()}
     optimizer.quantize_network(fitted_net, calib, OptimizeConfig(optimization_level=2, finetune=FinetuneConfig(epochs=1)))
-    assert all(np.array_equal(before[k], v) for k, v in fitted_net.params().items())
+    assert all(np.array_equal(before[k], v) for k, v in hn.weights(fitted_net).items())
 
 
 @pytest.mark.parametrize("per_channel", [True, False])
 def test_weights_mode(fitted_net, calib, per_channel):
     q = optimizer.quantize_network(fitted_net, calib, OptimizeConfig(per_channel=per_channel))
-    for l, d in zip(q.layers, fitted_net.layers):
-        assert (len(set(l.w_scale.tolist())) == 1) != per_channel
+    for layer in q.layers:
+        assert (len(set(layer.w_scale.tolist())) == 1) != per_channel
         if per_channel:
-            assert (np.abs(l.kernel).max(axis=0) == 127).all()
-    err = {pc: sum(np.abs(l.kernel * l.w_scale - d.kernel).sum() for l, d in zip(
+            assert (np.abs(layer.kernel).max(axis=0) == 127).all()
+    err = {pc: sum(np.abs(layer.kernel * layer.w_scale - d.kernel).sum() for layer, d in zip(
         optimizer.quantize_network(fitted_net, calib, OptimizeConfig(per_channel=pc)).layers, fitted_net.layers))
         for pc in (True, False)}
     assert err[True] < err[False]
@@ -130,8 +132,8 @@ def test_weights_mode(fitted_net, calib, per_channel):
 
 def test_level_zero_minmax_ranges_are_the_float_extremes(fitted_net, calib):
     q = optimizer.quantize_network(fitted_net, calib, OptimizeConfig())
-    outs = noise.float_layer_outputs(fitted_net, calib)
-    assert [l.limvals for l in q.layers] == [(float(o.min()), float(o.max())) for o in outs]
+    outs = network.forward(fitted_net, calib, collect=True)[1]
+    assert [layer.limvals for layer in q.layers] == [(float(o.min()), float(o.max())) for o in outs]
     _, blas = network.forward(fitted_net, calib, collect=True)  # the same math, summed by BLAS
     for o, b in zip(outs, blas):
         np.testing.assert_allclose(o, b, rtol=0, atol=1e-5 * np.abs(b).max())
@@ -139,31 +141,31 @@ def test_level_zero_minmax_ranges_are_the_float_extremes(fitted_net, calib):
 
 @pytest.mark.parametrize("selection,seed", [("first", 0), ("random", 0), ("random", 5)])
 def test_calibration_indices(selection, seed):
-    idx = optimizer.calibration_indices(1000, 64, selection, seed)
+    idx = calibration.indices(1000, 64, selection, seed)
     assert len(idx) == 64 == len(set(idx.tolist())) and (np.diff(idx) > 0).all() and idx.max() < 1000
-    assert np.array_equal(idx, optimizer.calibration_indices(1000, 64, selection, seed))
+    assert np.array_equal(idx, calibration.indices(1000, 64, selection, seed))
     if selection == "first":
         assert idx.tolist() == list(range(64))
     else:
         assert idx.tolist() != list(range(64))
-        assert not np.array_equal(idx, optimizer.calibration_indices(1000, 64, selection, seed + 1))
+        assert not np.array_equal(idx, calibration.indices(1000, 64, selection, seed + 1))
 
 
 @pytest.mark.parametrize("args,message", [
-    ((1000, 0, "first", 0), "calibration.size must be between 1 and 1000, got 0"),
-    ((1000, 1001, "random", 0), "calibration.size must be between 1 and 1000, got 1001"),
-    ((1000, 10, "last", 0), "calibration.selection must be one of first, random, got 'last'")])
+    ((1000, 0, "first", 0), "calibration size must be between 1 and 1000, got 0"),
+    ((1000, 1001, "random", 0), "calibration size must be between 1 and 1000, got 1001"),
+    ((1000, 10, "last", 0), "calibration selection must be one of first, random, got 'last'")])
 def test_calibration_indices_errors(args, message):
     with pytest.raises(PipelineError, match=message):
-        optimizer.calibration_indices(*args)
+        calibration.indices(*args)
 
 
 @pytest.mark.parametrize("cfg,message", [
-    (OptimizeConfig(precision={"dense9": "a16_w16"}), r"optimize.precision names unknown layer\(s\) \['dense9'\]"),
-    (OptimizeConfig(precision={"dense1": "a4_w4"}), "precision mode 'a4_w4' of layer dense1"),
-    (OptimizeConfig(optimization_level=3), r"optimize.optimization_level must be one of \(0, 1, 2\), got 3"),
-    (OptimizeConfig(clipping_mode="kl"), "optimize.activation_clipping.mode must be one of minmax, percentile, mse"),
-    (OptimizeConfig(clipping_values=(5.0, 101.0)), "clipping_values must be"),
+    (OptimizeConfig(precision={"dense9": "a16_w16"}), r"^precision names unknown layer\(s\) \['dense9'\]"),
+    (OptimizeConfig(precision={"dense1": "a4_w4"}), "^precision mode 'a4_w4' of layer dense1"),
+    (OptimizeConfig(optimization_level=3), r"^optimization_level must be one of \(0, 1, 2\), got 3"),
+    (OptimizeConfig(clipping_mode="kl"), "^clipping_mode must be one of minmax, percentile, mse"),
+    (OptimizeConfig(clipping_values=(5.0, 101.0)), "^clipping_values must be"),
 ])
 def test_bad_config_is_one_clear_error(fitted_net, calib, cfg, message):
     with pytest.raises(PipelineError, match=message):
@@ -204,16 +206,16 @@ BASE = ["normalization1 = normalization([0], [255])",
         "# weights: per_channel symmetric (no model-script command selects this in the SDK)"]),
 ])
 def test_model_script_spells_every_control(small_net, cfg, expected):
-    lines = optimizer.model_script(small_net, cfg).splitlines()
-    assert lines == [l.format(level=cfg.optimization_level) for l in expected]
+    lines = model_script.render(small_net, cfg).splitlines()
+    assert lines == [layer.format(level=cfg.optimization_level) for layer in expected]
 
 
 def test_model_script_writes_mse_ranges_as_manual_clipping(small_net):
     cfg = OptimizeConfig(calib_size=64, clipping_mode="mse")
-    assert any(l.startswith("# activation_clipping: MSE") for l in optimizer.model_script(small_net, cfg).splitlines())
+    assert any(line.startswith("# activation_clipping: MSE") for line in model_script.render(small_net, cfg).splitlines())
     ranges = [(0.0, 1.5), (0.0, 2.25), (-3.125, 4.0)]
-    lines = optimizer.model_script(small_net, cfg, ranges).splitlines()
-    assert [l for l in lines if "activation_clipping" in l] == [
+    lines = model_script.render(small_net, cfg, ranges).splitlines()
+    assert [line for line in lines if "activation_clipping" in line] == [
         "pre_quantization_optimization(activation_clipping, layers=[net/dense1], mode=manual, clipping_values=[0, 1.5])",
         "pre_quantization_optimization(activation_clipping, layers=[net/dense2], mode=manual, clipping_values=[0, 2.25])",
         "pre_quantization_optimization(activation_clipping, layers=[net/dense3], mode=manual, "
@@ -226,11 +228,11 @@ def test_exact_dot_is_close_and_independent_of_summation_order(k, integer_b):
     rng = np.random.default_rng(k)
     a = rng.standard_normal((40, k)) * rng.uniform(0.001, 10, k)
     b = rng.integers(-32768, 32768, (k, 7)).astype(np.float64) if integer_b else rng.standard_normal((k, 7)).astype(np.float32)
-    got = quant.exact_dot(a, b, b_is_integer=integer_b)
+    got = arithmetic.exact_dot(a, b, b_is_integer=integer_b)
     ref = a @ b.astype(np.float64)
     assert np.abs(got - ref).max() <= 1e-5 * np.abs(a).max() * np.abs(b).max() * np.sqrt(k)
     perm = rng.permutation(k)
-    assert np.array_equal(got, quant.exact_dot(a[:, perm], b[perm], b_is_integer=integer_b))
+    assert np.array_equal(got, arithmetic.exact_dot(a[:, perm], b[perm], b_is_integer=integer_b))
 
 
 def test_statistics_do_not_depend_on_the_blas_summation_order(fitted_net, calib):
@@ -240,5 +242,5 @@ def test_statistics_do_not_depend_on_the_blas_summation_order(fitted_net, calib)
         network.Dense(d.name, d.kernel[perm] if i == 0 else d.kernel, d.bias, d.activation)
         for i, d in enumerate(fitted_net.layers)])
     x2 = calib.reshape(len(calib), -1)[:, perm].reshape(calib.shape)
-    for a, b in zip(noise.float_layer_outputs(fitted_net, calib), noise.float_layer_outputs(shuffled, x2)):
+    for a, b in zip(network.forward(fitted_net, calib, collect=True)[1], network.forward(shuffled, x2, collect=True)[1]):
         assert np.array_equal(a, b)

@@ -164,7 +164,7 @@ def test_corrupt_har_stops_optimize(repo, content):
     try:
         p = run(repo, sys.executable, "-m", "stages.optimize", check=False)
         assert p.returncode == 1
-        lines = [l for l in p.stderr.splitlines() if l.strip()]
+        lines = [line for line in p.stderr.splitlines() if line.strip()]
         assert lines[-1].startswith("error: models/mnist.har:") and "Traceback" not in p.stderr
     finally:
         har.write_bytes(good)

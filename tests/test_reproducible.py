@@ -21,6 +21,7 @@ import yaml
 from hailopipe.fileio import sha256_file
 from tests.test_pipeline import fresh_copy, pytestmark, ran_stages, run  # noqa: F401 (pytestmark: needs MNIST)
 
+
 def tracked_outputs(repo: Path) -> dict[str, str]:
     """sha256 of every file of every out that dvc.lock records (directory outs file by file)."""
     lock = yaml.safe_load((repo / "dvc.lock").read_text())

@@ -5,12 +5,23 @@ kind of misuse raising HailoRTException."""
 import numpy as np
 import pytest
 
-from hailopipe import har, hef, quant
 from hailopipe.engine import Engine
 from hailopipe.errors import PipelineError
-from hailopipe.hef import RealHefError
-from hailopipe.runtime import (HEF, Format, FormatOrder, FormatType, HailoRTException, InferModel, InferVStreams,
-                               InputVStreamParams, OutputVStreamParams, VDevice)
+from hailopipe.formats import ehef, har
+from hailopipe.formats.ehef import RealHefError
+from hailopipe.quantization import arithmetic
+from hailopipe.runtime import (
+    HEF,
+    Format,
+    FormatOrder,
+    FormatType,
+    HailoRTException,
+    InferModel,
+    InferVStreams,
+    InputVStreamParams,
+    OutputVStreamParams,
+    VDevice,
+)
 from tests.conftest import ROOT
 
 REAL_HEF = ROOT.parent / "shared/data/hef/mnist_cnn.hef"
@@ -19,13 +30,13 @@ REAL_HEF = ROOT.parent / "shared/data/hef/mnist_cnn.hef"
 @pytest.fixture
 def hef_path(tmp_path, fitted_qnet):
     p = tmp_path / "m.hef"
-    p.write_bytes(hef.compile_network(fitted_qnet, "hailo8l"))
+    p.write_bytes(ehef.compile_network(fitted_qnet, "hailo8l"))
     return p
 
 
 def test_stream_infos_match_the_header(hef_path):
     h = HEF(str(hef_path))
-    meta = hef.load(hef_path).meta
+    meta = ehef.load(hef_path).meta
     (i,), (o,) = h.get_input_vstream_infos(), h.get_output_vstream_infos()
     assert i.name == meta["inputs"][0]["name"] and i.shape == (28, 28, 1)
     assert i.format.type == FormatType.UINT8 and i.format.order == FormatOrder.NHWC
@@ -54,7 +65,7 @@ def test_hailort_flow_float_and_raw_agree(hef_path, val_images):
             out_u = pipe.infer(pixels)[out_name]
     assert out_f.dtype == np.float32 and out_u.dtype == np.uint8 and out_f.shape == (len(x), 10)
     q = h.get_output_vstream_infos()[0].quant_info
-    np.testing.assert_array_equal(out_f, quant.dequantize(out_u, q.qp_scale, q.qp_zp))
+    np.testing.assert_array_equal(out_f, arithmetic.dequantize(out_u, q.qp_scale, q.qp_zp))
     assert (out_f.argmax(1) == y).mean() > 0.75
 
 
@@ -67,7 +78,7 @@ def test_float_input_conversion_is_hailort_rounding(hef_path):
 def test_raw_path_is_the_engine(hef_path, fitted_qnet):
     pixels = np.random.default_rng(2).integers(0, 256, (20, 28, 28, 1)).astype(np.uint8)
     got = InferModel(HEF(hef_path)).run_raw(pixels)
-    want = quant.to_unsigned(Engine(fitted_qnet).run(quant.from_unsigned(pixels, 8)), 8)
+    want = arithmetic.to_unsigned(Engine(fitted_qnet).run(arithmetic.from_unsigned(pixels, 8)), 8)
     assert (got == want).all()
 
 
@@ -103,7 +114,7 @@ def test_single_image_without_batch_dimension(hef_path):
 
 def test_all_stream_info_fields_match_the_header(hef_path):
     h = HEF(hef_path)
-    meta = hef.load(hef_path).meta
+    meta = ehef.load(hef_path).meta
     infos = h.get_all_vstream_infos()
     assert [i.direction for i in infos] == ["input", "output"]
     for info, spec in zip(infos, meta["inputs"] + meta["outputs"]):
@@ -156,7 +167,7 @@ def test_hef_refuses_what_is_not_a_compiled_model(tmp_path, small_net, source):
 # --- the InferModel flow -------------------------------------------------------------------------
 
 def engine_raw(qnet, pixels):
-    return quant.to_unsigned(Engine(qnet).run(quant.from_unsigned(pixels, 8)), 8)
+    return arithmetic.to_unsigned(Engine(qnet).run(arithmetic.from_unsigned(pixels, 8)), 8)
 
 
 @pytest.mark.parametrize("fmt", [FormatType.FLOAT32, FormatType.UINT8, FormatType.AUTO])
@@ -184,7 +195,7 @@ def test_infer_model_flow_is_the_engine_bit_for_bit(hef_path, fitted_qnet, val_i
     assert got.dtype == dtype
     if fmt == FormatType.FLOAT32:
         q = im.output().quant_infos[0]
-        np.testing.assert_array_equal(got, quant.dequantize(want, q.qp_scale, q.qp_zp))
+        np.testing.assert_array_equal(got, arithmetic.dequantize(want, q.qp_scale, q.qp_zp))
     else:
         np.testing.assert_array_equal(got, want)
 

@@ -1,18 +1,23 @@
-"""The seam between the stages and a toolchain: `get(name)` returns the backend module.
+"""The seam between the stages and a toolchain: `get(backend, step)` returns the module that runs a step.
 
-Both backends offer the same functions, called by the stages:
+The stages call these functions, with the same meaning on both backends:
 
-    parse(tflite_path, har_path, net_name, hw_arch) -> summary dict
-    optimize(har_path, out_har_path, calib_nhwc_float32, OptimizeConfig, hw_arch) -> summary dict
-    compile(har_path, hef_path, hw_arch) -> compile report dict; also saves the compiled HAR at
-        `compiled_har_path(hef_path)` (models/mnist.hef -> models/mnist_compiled.har)
-    infer_native(har_path, x_nhwc_float32) -> float32 logits       (the parsed model, SDK_NATIVE)
-    infer_quantized(har_path, x_nhwc_float32) -> float32 logits   (the SDK's SDK_QUANTIZED emulation)
-    infer_compiled(hef_path, x_nhwc_float32) -> float32 logits    (the runtime on the compiled file)
+    parse      parse(tflite_path, har_path, net_name, hw_arch) -> summary dict
+    optimize   layer_names(har_path) -> the names params.yaml's optimize.precision may use;
+               PRECISION_MODES; optimize(har_path, out_har_path, calib_nhwc_float32, OptimizeConfig,
+               hw_arch) -> summary dict
+    compile    compile(har_path, hef_path, hw_arch) -> compile report dict; also saves the compiled
+               HAR at `compiled_har_path(hef_path)` (models/mnist.hef -> models/mnist_compiled.har)
+    noise      analyze_noise(har_path, qhar_path, x_nhwc_float32) -> per-layer SNR (quantization.noise)
+    evaluate   infer_native(har_path, x) -> float32 logits      (the parsed model, SDK_NATIVE)
+               infer_quantized(har_path, x) -> float32 logits   (the SDK's SDK_QUANTIZED emulation)
+               infer_compiled(hef_path, x) -> float32 logits    (the runtime on the compiled file)
 
-`emulator` (default) is this project's open implementation; `hailo` drives Hailo's Dataflow
-Compiler and HailoRT when they are installed and fails with one clear message when they are not.
-The emulator never imports the SDK.
+`emulator` (default) is this project's open implementation, one module per step
+(`hailopipe.backends.emulator.<step>`), so that each stage imports, and its DVC deps cover, only
+what its step runs.  `hailo` is one adapter for every step (`hailopipe.backends.hailo`) that drives
+Hailo's Dataflow Compiler and HailoRT when they are installed and fails with one clear message when
+they are not.  Neither backend imports the other.
 """
 
 from __future__ import annotations
@@ -20,15 +25,20 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from hailopipe.errors import PipelineError
-
 NAMES = ("emulator", "hailo")
+STEPS = ("parse", "optimize", "compile", "noise", "evaluate")
 
 
-def get(name: str):
-    if name not in NAMES:
-        raise PipelineError(f"params.yaml: backend must be one of {', '.join(NAMES)}, got {name!r}")
-    module = importlib.import_module(f"hailopipe.backends.{name}")
+def module_name(name: str, step: str) -> str:
+    """The module that runs `step` on backend `name`."""
+    if name not in NAMES or step not in STEPS:
+        raise ValueError(f"no backend {name!r} (one of {', '.join(NAMES)}) or step {step!r} (one of {', '.join(STEPS)})")
+    return f"hailopipe.backends.emulator.{step}" if name == "emulator" else "hailopipe.backends.hailo"
+
+
+def get(name: str, step: str):
+    """The module that runs `step` on backend `name`, after its own availability check (if it has one)."""
+    module = importlib.import_module(module_name(name, step))
     if hasattr(module, "check_available"):
         module.check_available()
     return module

@@ -6,7 +6,7 @@ Run from the repository root:  MNIST_NPZ=../shared/data/mnist.npz python tests/d
 
 784-128-64-10 (dropout 0.2), 10 epochs with the project's own trainer (`model.train`, seeded),
 read back from its float TFLite file, quantized by `optimizer.quantize_network` with the pipeline's defaults
-(optimization level 2, 2000 calibration images) and compiled by the emulator (`hef.compile_network`
+(optimization level 2, 2000 calibration images) and compiled by the emulator (`ehef.compile_network`
 for hailo8).  It doubles as a format check: a compiled file written by an earlier version of the
 code must still load.  Prints the model's validation accuracy (float and compiled).
 """
@@ -20,10 +20,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-import numpy as np  # noqa: E402
 
-from hailopipe import data, hef, model, optimizer, tflite  # noqa: E402
+from hailopipe import data, model  # noqa: E402
 from hailopipe.engine import Engine  # noqa: E402
+from hailopipe.formats import (
+    ehef,  # noqa: E402
+    tflite,  # noqa: E402
+)
+from hailopipe.quantization import optimizer  # noqa: E402
+from hailopipe.quantization.config import OptimizeConfig
 
 OUT = HERE / "mnist_128x64.hef"
 CALIB = 2000
@@ -39,9 +44,9 @@ def main() -> None:
         path = Path(tmp) / "model.tflite"
         path.write_bytes(model.tflite_bytes(keras_model))
         net = tflite.read(path, "mnist")
-    qnet = optimizer.quantize_network(net, x_val[:CALIB], optimizer.OptimizeConfig(calib_size=CALIB))
-    OUT.write_bytes(hef.compile_network(qnet, "hailo8"))
-    compiled = hef.load(OUT).qnet
+    qnet = optimizer.quantize_network(net, x_val[:CALIB], OptimizeConfig(calib_size=CALIB))
+    OUT.write_bytes(ehef.compile_network(qnet, "hailo8"))
+    compiled = ehef.load(OUT).qnet
     q_out = Engine(compiled).run_stream(arrays["x_test"][..., None])
     float_acc = float((keras_model.predict(x_val, verbose=0).argmax(1) == y_val).mean())
     print(f"{OUT.name}: {OUT.stat().st_size} bytes; validation accuracy float {float_acc:.4f}, "

@@ -70,9 +70,9 @@ def record(call: str, **details) -> None:
 def build_hef(qnet, hw_arch: str, normalization, sdk_version: str) -> bytes:
     """A v1 HEF for `qnet`: protobuf header + one single-context network group + a trailing
     section (declared as the CCW section) holding JSON metadata and the emulator's compiled file."""
-    from hailopipe import hef as emulator_hef
-    from hailopipe.hailo_hef import HAILO_HEF_MAGIC
-    from hailopipe.hailo_hef_schema import MESSAGES
+    from hailopipe.formats import ehef as emulator_hef
+    from hailopipe.formats.hailo_hef import MAGIC
+    from hailopipe.formats.hef_schema import MESSAGES
 
     pb = MESSAGES["Hef"]()
     pb.header.hw_arch = HEF_ARCH_IDS[hw_arch]
@@ -92,7 +92,7 @@ def build_hef(qnet, hw_arch: str, normalization, sdk_version: str) -> bytes:
     edge.layer_info.name = f"{qnet.name}/{out.name}"
     edge.layer_info.edge_layer_base.MergeFrom(MESSAGES["Base"](height=1, width=1, features=out.kernel.shape[1], format=2,
                                                           data_bytes=1 if out.out_bits <= 8 else 2))
-    qmin = -(1 << (out.out_bits - 1))
+    qmin = -(1 << (out.out_bits - 1))  # the stand-in writes the HEF's numbers its own way
     num = edge.layer_info.numeric_info
     num.qp_scale, num.qp_zp = out.out_scale, out.out_zp - qmin
     num.limvals_min, num.limvals_max = out.limvals
@@ -100,14 +100,14 @@ def build_hef(qnet, hw_arch: str, normalization, sdk_version: str) -> bytes:
     meta = json.dumps({"normalization": normalization, "hw_arch": hw_arch}).encode()
     tail = struct.pack(">I", len(meta)) + meta + emulator_hef.compile_network(qnet, hw_arch)
     rest = body + tail
-    return struct.pack(">IIIIQI", HAILO_HEF_MAGIC, 1, len(body), zlib.crc32(rest), len(tail), 0) + rest
+    return struct.pack(">4sIIIQI", MAGIC, 1, len(body), zlib.crc32(rest), len(tail), 0) + rest
 
 
 def read_hef(path):
     """(hailo_hef info, metadata dict, emulator compiled bytes) of a HEF written by `build_hef`."""
-    from hailopipe.hailo_hef import read_hailo_hef
+    from hailopipe.formats import hailo_hef
 
-    info = read_hailo_hef(path)
+    info = hailo_hef.read(path)
     with open(path, "rb") as f:
         data = f.read()
     version, proto_size = struct.unpack_from(">II", data, 4)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import contextlib
 
-import numpy as np
-
 import fake_hailo_common as common
+import numpy as np
 from fake_hailo_common import FakeLimitation, record, summary
+
 from hailopipe import runtime
-from hailopipe.runtime import Format, FormatOrder, FormatType, HailoStreamInterface, VStreamInfo
+from hailopipe.runtime import FormatType, HailoStreamInterface, VStreamInfo
 
 __all__ = ["ConfigureParams", "Device", "FormatType", "HEF", "HailoRTException", "HailoStreamInterface",
            "InferVStreams", "InputVStreamParams", "OutputVStreamParams", "VDevice"]
@@ -40,16 +40,15 @@ class HEF:
         record("HEF", source=str(hef_source) if isinstance(hef_source, str) else type(hef_source).__name__)
         if not isinstance(hef_source, str):
             raise FakeLimitation("the stand-in HEF takes a path (str)")
-        from hailopipe.runtime import HEF as EmulatedHEF, InferModel
+        from hailopipe.runtime import HEF as EmulatedHEF
+        from hailopipe.runtime import InferModel
 
         self._info, self._meta, emulated = common.read_hef(hef_source)
         self._group = self._info.network_groups[0]
         self.model = InferModel(EmulatedHEF(emulated))
 
     def _vstreams(self, streams) -> list[VStreamInfo]:
-        return [VStreamInfo(s.name, s.network_name, s.direction,
-                            Format(FormatType[s.format_type], FormatOrder[s.order]), tuple(s.shape), s.quant_info)
-                for s in streams]
+        return list(streams)
 
     def get_input_vstream_infos(self, network_name=None) -> list[VStreamInfo]:
         return self._vstreams(self._group.inputs)

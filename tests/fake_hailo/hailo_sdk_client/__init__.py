@@ -5,6 +5,7 @@ the path.  It records every call and refuses what the real DFC would refuse.
 """
 
 from fake_hailo_common import DFC_VERSION as __version__
+
 from hailo_sdk_client.exposed_definitions import InferenceContext, States
 from hailo_sdk_client.runner.client_runner import ClientRunner
 

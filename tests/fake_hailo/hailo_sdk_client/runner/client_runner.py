@@ -15,13 +15,15 @@ import logging
 import os
 import sys
 
-import numpy as np
-
 import fake_hailo_common as common
+import numpy as np
 from fake_hailo_common import FakeLimitation, record, summary
+
 from hailo_sdk_client import model_script
 from hailo_sdk_client.exposed_definitions import HailoSDKError, InferenceContext, States
 from hailo_sdk_client.model_translator.exceptions import ParsingWithRecommendationException
+from hailopipe.formats import hn
+from hailopipe.quantization.config import OptimizeConfig
 
 _log = logging.getLogger("hailo_sdk.client")
 _log.propagate = False
@@ -88,7 +90,7 @@ class ClientRunner:
             raise HailoSDKError(f"{call} needs state {wanted}, runner is {self._state.name}")
 
     def load_har(self, har) -> None:
-        from hailopipe import har as har_format
+        from hailopipe.formats import har as har_format
 
         h = har_format.load(har)
         self._state = {v: k for k, v in _HAR_STATES.items()}[h.state]
@@ -97,7 +99,7 @@ class ClientRunner:
         self._hw_arch = self._hw_arch or h.metadata.get("hw_arch")
 
     def save_har(self, har_path) -> None:
-        from hailopipe import har as har_format
+        from hailopipe.formats import har as har_format
 
         record("save_har", path=str(har_path), state=self._state.name)
         self._require("save_har", *_HAR_STATES)
@@ -106,10 +108,8 @@ class ClientRunner:
         har_format.save(har_format.Har(_HAR_STATES[self._state], self._net, self._qnet, meta), har_path)
 
     def _hn(self) -> dict:
-        from hailopipe import network
-
         self._require("get_hn_dict", *_HAR_STATES)
-        return network.to_hn(self._net)
+        return hn.to_hn(self._net)
 
     def get_hn_dict(self) -> dict:
         record("get_hn_dict")
@@ -120,7 +120,7 @@ class ClientRunner:
     def get_params(self) -> dict:
         record("get_params")
         self._require("get_params", *_HAR_STATES)
-        return dict(self._net.params())
+        return dict(hn.weights(self._net))
 
     def _layers(self) -> set[str]:
         names = set(self._hn()["layers"])
@@ -129,8 +129,8 @@ class ClientRunner:
     # --- parse ---------------------------------------------------------------------------------
     def translate_tf_model(self, model_path, net_name, start_node_names=None, end_node_names=None,
                            tensor_shapes=None):
-        from hailopipe import tflite
         from hailopipe.errors import PipelineError
+        from hailopipe.formats import tflite
 
         record("translate_tf_model", model_path=str(model_path), net_name=net_name, start_node_names=start_node_names,
                end_node_names=end_node_names, tensor_shapes=tensor_shapes)
@@ -160,7 +160,7 @@ class ClientRunner:
         for i, layer in enumerate(net.layers, 1):
             layer.name = f"fc{i}"  # the DFC's names for dense layers
         self._net, self._state = net, States.HAILO_MODEL
-        return self._hn(), dict(self._net.params())
+        return self._hn(), dict(hn.weights(self._net))
 
     # --- optimize ------------------------------------------------------------------------------
     def load_model_script(self, model_script_text: str, append: bool = False) -> None:
@@ -173,15 +173,15 @@ class ClientRunner:
         self._script = (self._script + "\n" + model_script_text) if append else model_script_text
 
     def _check_data(self, data, call: str) -> np.ndarray:
-        hn = self._hn()
-        in_name = next(n for n, l in hn["layers"].items() if l["type"] == "input_layer")
+        graph = self._hn()
+        in_name = next(n for n, layer in graph["layers"].items() if layer["type"] == "input_layer")
         if isinstance(data, dict):
             if list(data) != [in_name]:
                 raise HailoSDKError(f"{call}: dataset keys {list(data)} are not the input layers [{in_name!r}]")
             data = data[in_name]
         if not isinstance(data, np.ndarray):
             raise FakeLimitation(f"{call}: the stand-in takes ndarrays (or dicts of them), not {type(data).__name__}")
-        shape = tuple(hn["layers"][in_name]["output_shapes"][0][1:])
+        shape = tuple(graph["layers"][in_name]["output_shapes"][0][1:])
         if data.ndim != 4 or data.shape[1:] != shape:
             nchw = data.ndim == 4 and data.shape[1:] == (shape[2], shape[0], shape[1])
             raise HailoSDKError(f"{call}: data shape {list(data.shape)} does not match input layer [-1, "
@@ -197,7 +197,7 @@ class ClientRunner:
         return ((x - mean) / std).astype(np.float32)
 
     def optimize(self, calib_data, data_type=None, work_dir=None) -> None:
-        from hailopipe import optimizer
+        from hailopipe.quantization import optimizer
 
         record("optimize", data=summary(calib_data), script=self._script)
         self._require("optimize", States.HAILO_MODEL)
@@ -231,7 +231,7 @@ class ClientRunner:
                     precision[name.split("/")[-1]] = c.kwargs["precision_mode"]
         if set(precision.values()) - {"a8_w8", "a16_w16"}:
             raise FakeLimitation(f"the stand-in emulates a8_w8 and a16_w16 only, not {precision}")
-        cfg = optimizer.OptimizeConfig(calib_size=n, per_channel=True, input_range=(lo, hi), precision=precision)
+        cfg = OptimizeConfig(calib_size=n, per_channel=True, input_range=(lo, hi), precision=precision)
         self._qnet = optimizer.quantize_network(self._net, x, cfg)
         self._state = States.QUANTIZED_MODEL
 
@@ -272,9 +272,9 @@ class ClientRunner:
             out = network.forward(self._net, self._normalize(data))
         elif kind in (InferenceContext.SDK_QUANTIZED, InferenceContext.SDK_BIT_EXACT):
             self._require(f"{kind.name} inference", States.QUANTIZED_MODEL, States.COMPILED_MODEL)
-            from hailopipe import hef
+            from hailopipe.formats import ehef
 
-            model = InferModel(HEF(hef.compile_network(self._qnet, self._hw_arch)))
+            model = InferModel(HEF(ehef.compile_network(self._qnet, self._hw_arch)))
             out = model.run_float(self._normalize(data))
         else:
             raise FakeLimitation(f"the stand-in does not emulate {kind.name}")

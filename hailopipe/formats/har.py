@@ -1,9 +1,9 @@
 """HAR (Hailo ARchive) files: a tar of `<net>.metadata.json`, `<net>.hn`, `<net>.npz` [, `<net>.q.npz`].
 
-Layout as in Hailo's SDK (reference §2): the metadata's `state` is `hailo_model` after parsing and
+Layout as in Hailo's SDK: the metadata's `state` is `hailo_model` after parsing and
 `quantized_model` after optimization and `compiled_model` after compilation (then it also holds
-the compiled file as `<net>.hef`); the HN is the graph JSON (see `network`); the .npz holds the
-float params and the .q.npz the quantized ones (see `qnetwork`).  This emulator also records
+the compiled file as `<net>.hef`); the HN is the graph JSON and the .npz the float params (see
+`hn`), the .q.npz the quantized ones (see `qnpz`).  This emulator also records
 `emulated: true`, the target `hw_arch` and, after optimization, the equivalent Hailo model script.
 
 Writing is byte-stable (fixed member order, mtime 0, uid/gid 0, no user names) and atomic.
@@ -19,9 +19,11 @@ import os
 import tarfile
 from dataclasses import dataclass, field
 
-from hailopipe import __version__, network, qnetwork
+from hailopipe import __version__, network
 from hailopipe.errors import PipelineError
 from hailopipe.fileio import json_bytes, load_npz, npz_bytes, open_regular, write_bytes
+from hailopipe.formats import hn, qnpz
+from hailopipe.quantization.qnetwork import QNetwork
 
 STATES = ("hailo_model", "fp_optimized_model", "quantized_model", "compiled_model")
 SDK_VERSION = f"hailopipe-emulator {__version__}"
@@ -33,7 +35,7 @@ MAX_MEMBERS = 16
 class Har:
     state: str
     net: network.Network
-    qnet: qnetwork.QNetwork | None = None
+    qnet: QNetwork | None = None
     metadata: dict = field(default_factory=dict)
     hef: bytes | None = None  # a compiled HAR also carries the compiled file, as `<net>.hef`
 
@@ -51,10 +53,10 @@ def har_bytes(har: Har) -> bytes:
     meta = dict(har.metadata)
     meta.update({"state": har.state, "sdk_version": SDK_VERSION, "emulated": True, "net_name": name})
     members = [(f"{name}.metadata.json", json_bytes(meta)),
-               (f"{name}.hn", json_bytes(network.to_hn(har.net))),
-               (f"{name}.npz", npz_bytes(har.net.params()))]
+               (f"{name}.hn", json_bytes(hn.to_hn(har.net))),
+               (f"{name}.npz", npz_bytes(hn.weights(har.net)))]
     if har.qnet is not None:
-        members.append((f"{name}.q.npz", npz_bytes(qnetwork.to_arrays(har.qnet))))
+        members.append((f"{name}.q.npz", npz_bytes(qnpz.to_arrays(har.qnet))))
     if har.hef is not None:
         members.append((f"{name}.hef", bytes(har.hef)))
     buf = io.BytesIO()
@@ -112,7 +114,7 @@ def load(path: str | os.PathLike, expect_state: str | None = None) -> Har:
     name = metas[0][: -len(".metadata.json")]
     try:
         meta = json.loads(members[metas[0]])
-        hn = json.loads(members[f"{name}.hn"]) if f"{name}.hn" in members else None
+        graph = json.loads(members[f"{name}.hn"]) if f"{name}.hn" in members else None
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise PipelineError(f"{path}: metadata or HN is not valid JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("state") not in STATES:
@@ -120,10 +122,10 @@ def load(path: str | os.PathLike, expect_state: str | None = None) -> Har:
     state = meta["state"]
     if expect_state and state != expect_state:
         raise PipelineError(f"{path}: HAR is in state {state!r}, expected {expect_state!r}")
-    if hn is None or f"{name}.npz" not in members:
+    if graph is None or f"{name}.npz" not in members:
         raise PipelineError(f"{path}: members {name}.hn and {name}.npz are required")
     params = load_npz(members[f"{name}.npz"], f"{path}:{name}.npz")
-    net = network.from_hn(hn, params, f"{path}:{name}.hn")
+    net = hn.from_hn(graph, params, f"{path}:{name}.hn")
     if net.name != name:
         raise PipelineError(f"{path}: HN network name {net.name!r} differs from the archive's {name!r}")
     qnet = None
@@ -131,5 +133,5 @@ def load(path: str | os.PathLike, expect_state: str | None = None) -> Har:
         if f"{name}.q.npz" not in members:
             raise PipelineError(f"{path}: state {state} but {name}.q.npz is missing")
         qarrays = load_npz(members[f"{name}.q.npz"], f"{path}:{name}.q.npz")
-        qnet = qnetwork.from_arrays(qarrays, net, f"{path}:{name}.q.npz")
+        qnet = qnpz.from_arrays(qarrays, net, f"{path}:{name}.q.npz")
     return Har(state, net, qnet, meta, members.get(f"{name}.hef"))

@@ -46,38 +46,59 @@ def _const(model, graph, index: int, path) -> np.ndarray:
     return arr.reshape(shape).astype(np.float32)
 
 
-def read(path: str | os.PathLike, net_name: str) -> Network:
-    """Parse the TFLite file at `path` into a Network named `net_name`."""
+def _decode(path: str | os.PathLike, what):
+    """what(model, graph, schema) on the TFLite file at `path`: one size-limited read, the file
+    identifier checked, and a corrupt flatbuffer (which raises anything from IndexError to
+    struct.error) turned into one PipelineError naming the file."""
     buf = read_limited(path, MAX_TFLITE_BYTES, "TFLite model")
     if len(buf) < 8 or buf[4:8] != b"TFL3":
         raise PipelineError(f"{path}: not a TFLite file (no TFL3 identifier)")
-    _schema()  # import errors are not file errors
+    s = _schema()  # import errors are not file errors
     try:
-        return _parse(buf, path, net_name)
+        model = s.Model.GetRootAs(buf, 0)
+        if model.SubgraphsLength() != 1:
+            raise PipelineError(f"{path}: expected one subgraph, found {model.SubgraphsLength()}")
+        graph = model.Subgraphs(0)
+        if graph.InputsLength() != 1 or graph.OutputsLength() != 1:
+            raise PipelineError(f"{path}: expected one input and one output tensor")
+        return what(model, graph, s)
     except PipelineError:
         raise
-    except Exception as exc:  # a corrupt flatbuffer raises anything from IndexError to struct.error
+    except Exception as exc:
         raise PipelineError(f"{path}: corrupt TFLite flatbuffer ({type(exc).__name__}: {exc})") from None
 
 
-def _parse(buf: bytes, path, net_name: str) -> Network:
-    s = _schema()
+def _code(model, op) -> int:
+    oc = model.OperatorCodes(op.OpcodeIndex())
+    return max(int(oc.BuiltinCode()), int(oc.DeprecatedBuiltinCode()))
+
+
+def read(path: str | os.PathLike, net_name: str) -> Network:
+    """Parse the TFLite file at `path` into a Network named `net_name`."""
+    return _decode(path, lambda model, graph, s: _parse(model, graph, s, path, net_name))
+
+
+def io_names(path: str | os.PathLike) -> tuple[str, list[int], str]:
+    """(input tensor name, input shape, end tensor name): the end is the graph output, or the
+    logits feeding a trailing SOFTMAX (which the host applies)."""
+    def names(model, graph, s):
+        in_t, end = graph.Tensors(graph.Inputs(0)), int(graph.Outputs(0))
+        for i in range(graph.OperatorsLength()):
+            op = graph.Operators(i)
+            if _code(model, op) == s.BuiltinOperator.SOFTMAX and int(op.Outputs(0)) == end:
+                end = int(op.Inputs(0))
+        return _name(in_t), [int(d) for d in in_t.ShapeAsNumpy()], _name(graph.Tensors(end))
+
+    return _decode(path, names)
+
+
+def _parse(model, graph, s, path, net_name: str) -> Network:
     ops = s.BuiltinOperator
-    model = s.Model.GetRootAs(buf, 0)
-    if model.SubgraphsLength() != 1:
-        raise PipelineError(f"{path}: expected one subgraph, found {model.SubgraphsLength()}")
-    graph = model.Subgraphs(0)
-    if graph.InputsLength() != 1 or graph.OutputsLength() != 1:
-        raise PipelineError(f"{path}: expected one input and one output tensor")
     in_index = int(graph.Inputs(0))
     in_t = graph.Tensors(in_index)
     in_shape = [int(d) for d in in_t.ShapeAsNumpy()]
     if in_t.Type() != s.TensorType.FLOAT32 or len(in_shape) != 4:
         raise PipelineError(f"{path}: input must be float32 NHWC, got shape {in_shape}")
-
-    def code(op) -> int:
-        oc = model.OperatorCodes(op.OpcodeIndex())
-        return max(int(oc.BuiltinCode()), int(oc.DeprecatedBuiltinCode()))
 
     names = {v: k for k, v in vars(ops).items() if not k.startswith("_")}
     current, layers = in_index, []
@@ -86,7 +107,7 @@ def _parse(buf: bytes, path, net_name: str) -> Network:
         outs = [int(o) for o in op.OutputsAsNumpy()]
         if all(graph.Tensors(o).Type() != s.TensorType.FLOAT32 for o in outs):
             continue  # shape computation (SHAPE, STRIDED_SLICE, PACK, ...)
-        c = code(op)
+        c = _code(model, op)
         ins = [int(x) for x in op.InputsAsNumpy()]
         if not ins or ins[0] != current:
             raise PipelineError(f"{path}: op {i} ({names.get(c, c)}) is not on the single data path; "

@@ -1,9 +1,9 @@
 """Plumbing between the hailo backend and Hailo's closed-source packages: whether and which ones are
-installed (`check_available`, `versions`, `check_versions`: Hailo-8 needs DFC 3.x + HailoRT 4.x,
+installed (`check_available`, `check_versions`: Hailo-8 needs DFC 3.x + HailoRT 4.x,
 Hailo-10/15 need 5.x), importing them (`load_sdk()`, `load_hailort()`), and turning what they do
 into this project's conventions: any exception into one PipelineError line (`sdk_call`), a HAR saved
 atomically (`save_har`), the SDK's logged warnings collected for the stage's report
-(`sdk_warnings`).  `hailopipe.backends.hailo` uses these; nothing here runs a stage.
+(`sdk_warnings`).  `hailopipe.backends.hailo.adapter` uses these; nothing here runs a stage.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ INSTALL_HINT = (
     "`pip install` both wheels into this venv (see docs/hailo-backend.md), or set backend: emulator "
     "in params.yaml"
 )
-HEF_MAGIC = b"\x01HEF"
 # hw_arch -> (family, DFC major, HailoRT major): reference "Version split".
 FAMILIES = {**{a: ("Hailo-8", 3, 4) for a in ("hailo8", "hailo8r", "hailo8l")},
             **{a: ("Hailo-10/15", 5, 5) for a in ("hailo10h", "hailo15h", "hailo15m", "hailo15l")}}
@@ -44,7 +43,7 @@ def check_available() -> None:
     """Called by backends.get("hailo"): without hailo_sdk_client, one error saying what to install."""
     if importlib.util.find_spec("hailo_sdk_client") is None:
         here = f"Python {sys.version_info.major}.{sys.version_info.minor} on {platform.system()} {platform.machine()}"
-        raise PipelineError(f"params.yaml: {INSTALL_HINT} (this interpreter: {here})")
+        raise PipelineError(f"{INSTALL_HINT} (this interpreter: {here})")
 
 
 def load_sdk() -> SimpleNamespace:
@@ -82,19 +81,11 @@ def installed_version(module, dist: str) -> str:
     return str(version or "unknown")
 
 
-def versions() -> dict:
-    """Installed SDK versions (None when a package is missing), for logs and reports."""
-    out = {"hailo_sdk_client": load_sdk().version, "hailo_platform": None}
-    with contextlib.suppress(PipelineError):
-        out["hailo_platform"] = installed_version(load_hailort(), "hailort")
-    return out
-
-
 def check_versions(hw_arch: str, dfc: str | None = None, hailort: str | None = None, where: str = "") -> None:
     """Hailo-8 family needs DFC 3.x / HailoRT 4.x, Hailo-10/15 need 5.x: one clear error otherwise."""
-    where = where or f"params.yaml: hw_arch {hw_arch}"
+    where = where or f"hw_arch {hw_arch}"
     if hw_arch not in FAMILIES:
-        raise PipelineError(f"params.yaml: hw_arch {hw_arch!r} is not one of {', '.join(FAMILIES)}")
+        raise PipelineError(f"hw_arch {hw_arch!r} is not one of {', '.join(FAMILIES)}")
     family, dfc_major, hrt_major = FAMILIES[hw_arch]
     for what, version, major in (("Dataflow Compiler (hailo_sdk_client)", dfc, dfc_major),
                                  ("HailoRT (hailo_platform)", hailort, hrt_major)):
@@ -169,8 +160,8 @@ def sdk_warnings():
     """Collect WARNING+ records logged while the SDK runs: on the root logger and on every
     existing non-propagating logger (the SDK's own console loggers)."""
     handler = _Collect()
-    loggers = [logging.getLogger()] + [l for l in logging.Logger.manager.loggerDict.values()
-                                       if isinstance(l, logging.Logger) and not l.propagate]
+    loggers = [logging.getLogger()] + [layer for layer in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(layer, logging.Logger) and not layer.propagate]
     for lg in loggers:
         lg.addHandler(handler)
     try:

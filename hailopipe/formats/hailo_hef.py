@@ -1,14 +1,13 @@
 """Read real HEF files (Hailo Executable Format, made by Hailo's Dataflow Compiler) without HailoRT.
 
-`read_hailo_hef(path)` checks the file header and its checksum, decodes the protobuf body and
-returns a plain-Python `HailoHefInfo`: target architecture, compiler version, and for each network
-group its contexts, networks, input/output vstreams (name, format type, order, shape without batch,
-quantization) and host-side ops.  `describe(info)` renders it the way `hailortcli parse-hef`
-does, plus one quantization line per vstream.  Every problem (missing, oversized, truncated or
-corrupt file, bad magic/version/checksum, undecodable body) raises `HefFormatError` with a
-one-line message that starts with the file name.
+`read(path or bytes)` checks the file header and its checksum, decodes the protobuf body and
+returns a `streams.HefInfo` (the records HailoRT reports, shared with the emulator's files):
+target architecture, compiler version, and for each network group its contexts, networks,
+input/output vstreams (name, format type, order, shape without batch, quantization) and host-side
+ops.  Every problem (missing, oversized, truncated or corrupt file, bad magic/version/checksum,
+undecodable body) raises `HefFormatError` with a one-line message that starts with the file name.
 
-Run:  python -m hailopipe.hailo_hef FILE.hef     (prints describe())
+Run:  python -m hailopipe.formats.hailo_hef FILE.hef     (prints parse_hef.describe())
 
 File layout (all header integers big-endian, packed; facts of the format as HailoRT reads it):
 
@@ -25,125 +24,73 @@ File layout (all header integers big-endian, packed; facts of the format as Hail
     The body (proto_size bytes right after the header) is a protobuf `ProtoHEFHef`.  XXH3-64 is
     computed by the `xxhash` package (the reference C library's Python binding).
 
-The protobuf fields read, and the tables that name their enum values, are in `hailo_hef_schema`.
+The protobuf fields read, and the tables that name their enum values, are in `hef_schema`.
 
 Vstreams are the boundary edge layers of all contexts (mux layers expand to their
 predecessors); outputs are sorted by sorted_outputs_order, as HailoRT does.  `order` is the
 vstream order HailoRT reports, derived from EdgeLayerBase.format: device orders NHWC/NHCW/RGB888
-give NHWC, FCR and F8CR stay FCR/F8CR (their host buffers are still NHWC: `StreamInfo.host_layout`).
+give NHWC, FCR and F8CR stay FCR/F8CR (their host buffers are still NHWC: `FormatOrder.host_layout`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import struct
 import sys
 import zlib
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import xxhash
-from google.protobuf.message import DecodeError
 
-from hailopipe import hailo_hef_schema as schema
 from hailopipe.errors import PipelineError
+from hailopipe.fileio import read_limited
+from hailopipe.formats.streams import (
+    IDENTITY,
+    Format,
+    FormatOrder,
+    FormatType,
+    HefInfo,
+    NetworkGroupInfo,
+    QuantInfo,
+    VStreamInfo,
+)
 
 log = logging.getLogger(__name__)
 
-HAILO_HEF_MAGIC = 0x01484546
+MAGIC = b"\x01HEF"  # 0x01484546 as a big-endian u32
 MAX_HEF_BYTES = 512 << 20  # refuse larger files before reading them
 _COMMON = struct.Struct(">III")
 _HEADER_SIZES = {0: 32, 1: 28, 2: 44, 3: 56}
+
+
+# Device architectures a HEF arch runs on (what "HEF Compatible for:" prints).
+COMPATIBLE = {"HAILO8": ["HAILO8"], "HAILO8P": ["HAILO8"], "HAILO8R": ["HAILO8"],
+              "SAGE_B0": ["HAILO8"], "PAPRIKA_B0": ["HAILO8"], "SAGE_A0": ["HAILO8_A0"],
+              "HAILO8L": ["HAILO8L", "HAILO8"], "HAILO15H": ["HAILO15H", "HAILO10H"],
+              "GINGER": ["HAILO15H", "HAILO10H"], "LAVENDER": ["HAILO15H", "HAILO10H"],
+              "HAILO15M": ["HAILO15M", "HAILO15H", "HAILO10H"], "HAILO15L": ["HAILO15L"],
+              "PLUTO": ["HAILO15L"], "HAILO10H": ["HAILO10H"], "MARS": ["HAILO12L"]}
 
 
 class HefFormatError(PipelineError, ValueError):
     """A file is not a readable HEF; the message is one line: '<file>: <what is wrong>'."""
 
 
-@dataclass
-class QuantInfo:
-    qp_zp: float
-    qp_scale: float
-    limvals_min: float
-    limvals_max: float
-
-
-@dataclass
-class StreamInfo:
-    name: str
-    direction: str      # "input" / "output"
-    format_type: str    # UINT8 / UINT16 / FLOAT32 (AUTO only for host-op outputs left AUTO)
-    order: str          # NHWC, NC, NHW, FCR, HAILO NMS BY CLASS, ...
-    shape: tuple        # without batch: (H, W, C); (C,) for NC; (H, W) for NHW
-    quant_info: QuantInfo
-    network_name: str = ""
-
-    @property
-    def host_layout(self) -> str:
-        """Memory layout of the host buffer: FCR/F8CR (device transfer orders) are NHWC on the
-        host, as HailoRT documents for hailo_format_order_t."""
-        return "NHWC" if self.order in ("FCR", "F8CR") else self.order
-
-
-@dataclass
-class NetworkGroupInfo:
-    name: str
-    contexts: int
-    networks: list[str]
-    inputs: list[StreamInfo]
-    outputs: list[StreamInfo]
-    sorted_outputs: list[str]
-    ops: list[str] = field(default_factory=list)
-
-
-@dataclass
-class HailoHefInfo:
-    path: str
-    header_version: int
-    checksum: str
-    hw_arch: str        # the HEF's own target (e.g. HAILO8P for a DFC hailo8 build)
-    sdk_version: str
-    network_groups: list[NetworkGroupInfo]
-
-    @property
-    def compatible_archs(self) -> list[str]:
-        """Device architectures HailoRT accepts this HEF on (what parse-hef prints)."""
-        return schema.COMPATIBLE.get(self.hw_arch, [self.hw_arch])
-
-
 def is_hailo_hef(head: bytes) -> bool:
     """True if `head` (the first bytes of a file) starts with the HEF magic."""
-    return len(head) >= 4 and struct.unpack(">I", bytes(head[:4]))[0] == HAILO_HEF_MAGIC
+    return bytes(head[:4]) == MAGIC
 
 
 # --- header ---------------------------------------------------------------------------------
 
-def _read_bytes(path: Path, max_bytes: int) -> bytes:
-    try:
-        if path.is_dir():
-            raise HefFormatError(f"{path}: is a directory, not a HEF file")
-        if not path.is_file():
-            raise HefFormatError(f"{path}: no such file")
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise HefFormatError(f"{path}: file is {size} bytes, more than the {max_bytes}-byte limit")
-        with open(path, "rb") as fh:
-            data = fh.read(size + 1)  # not max_bytes + 1: read(n) allocates n bytes up front
-    except OSError as exc:
-        raise HefFormatError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    if len(data) > size:
-        raise HefFormatError(f"{path}: file grew while being read")
-    return data
-
-
-def _check_header(path: Path, data: bytes) -> tuple[int, bytes, str]:
+def _check_header(path: str, data: bytes) -> tuple[int, bytes, str]:
     """Validate header, sizes and checksum; return (version, protobuf body, checksum text)."""
     if not data:
         raise HefFormatError(f"{path}: file is empty")
     if len(data) < 4 or not is_hailo_hef(data):
         raise HefFormatError(f"{path}: not a HEF (magic {data[:4].hex() or 'missing'}, "
-                             f"expected {HAILO_HEF_MAGIC:08x})")
+                             f"expected {MAGIC.hex()})")
     if len(data) < _COMMON.size:
         raise HefFormatError(f"{path}: truncated header ({len(data)} bytes)")
     _, version, proto_size = _COMMON.unpack_from(data)
@@ -204,45 +151,57 @@ def _quant(numeric) -> QuantInfo:
     return QuantInfo(numeric.qp_zp, numeric.qp_scale, numeric.limvals_min, numeric.limvals_max)
 
 
-def _format_type(data_bytes: int) -> str:
-    name = {1: "UINT8", 2: "UINT16", 4: "FLOAT32"}.get(data_bytes)
-    if name is None:
-        log.warning("edge layer with data_bytes=%d: format type unknown", data_bytes)
-        return f"UNKNOWN(data_bytes={data_bytes})"
-    return name
+def _format_type(data_bytes: int) -> FormatType:
+    ftype = FormatType.for_bytes(data_bytes)
+    if ftype is None:
+        log.warning("edge layer with data_bytes=%d: format type unknown, reported as AUTO", data_bytes)
+        return FormatType.AUTO
+    return ftype
 
 
-def _layer_stream(info, direction: str, network: str, transposed_net: bool) -> StreamInfo:
+def _enum(kind, table: dict, code: int, what: str):
+    """table[code], or AUTO with a warning for a code this reader does not know."""
+    if code in table:
+        return table[code]
+    log.warning("%s code %d unknown, reported as AUTO", what, code)
+    return kind.AUTO
+
+
+def _stream(name, direction, ftype, order, shape, quant, network) -> VStreamInfo:
+    return VStreamInfo(name, network, direction, Format(ftype, order), tuple(shape), quant)
+
+
+def _layer_stream(info, direction: str, network: str, transposed_net: bool) -> VStreamInfo:
     base = info.edge_layer_base
-    order = schema.HOST_ORDER.get(base.format, f"UNKNOWN({base.format})")
-    if order == "HAILO NMS BY CLASS":
+    order = _enum(FormatOrder, schema().HOST_ORDER, base.format, "edge layer format")
+    if order == FormatOrder.HAILO_NMS_BY_CLASS:
         nms = base.additional_info.nms_info
         per_class = nms.max_output_size * max(nms.input_division_factor, 1)
-        return StreamInfo(info.name, direction, "FLOAT32", order,
-                          (nms.number_of_classes, 5, per_class), _quant(info.numeric_info), network)
+        return _stream(info.name, direction, FormatType.FLOAT32, order,
+                       (nms.number_of_classes, 5, per_class), _quant(info.numeric_info), network)
     h, w, c = base.height, base.width, base.features
-    if (transposed_net or info.transposed) and order != "NC":
+    if (transposed_net or info.transposed) and order != FormatOrder.NC:
         h, w = w, h
-    shape = {"NC": (c,), "NHW": (h, w)}.get(order, (h, w, c))
-    return StreamInfo(info.name, direction, _format_type(base.data_bytes), order, shape,
-                      _quant(info.numeric_info), network)
+    shape = {FormatOrder.NC: (c,), FormatOrder.NHW: (h, w)}.get(order, (h, w, c))
+    return _stream(info.name, direction, _format_type(base.data_bytes), order, shape,
+                   _quant(info.numeric_info), network)
 
 
-def _edge_streams(edge, direction: str, network: str, transposed_net: bool) -> list[StreamInfo]:
+def _edge_streams(edge, direction: str, network: str, transposed_net: bool) -> list[VStreamInfo]:
     """Vstreams of a layer_info / layer_mux / layer_planes edge (mux expands to predecessors)."""
     if edge.HasField("layer_mux"):
         return [s for pred in edge.layer_mux.predecessors
                 for s in _edge_streams(pred, direction, network, transposed_net)]
     if edge.HasField("layer_planes"):
         planes = edge.layer_planes
-        ftype = "UINT8"
+        ftype = FormatType.UINT8
         if planes.planes and planes.planes[0].HasField("layer_info"):
             ftype = _format_type(planes.planes[0].layer_info.edge_layer_base.data_bytes)
         q = planes.planes[0].layer_info.numeric_info if planes.planes else None
-        return [StreamInfo(planes.name, direction, ftype,
-                           schema.PLANES.get(planes.planes_format, f"UNKNOWN({planes.planes_format})"),
-                           (planes.height, planes.width, planes.features),
-                           _quant(q) if q is not None else QuantInfo(0.0, 1.0, 0.0, 0.0), network)]
+        return [_stream(planes.name, direction, ftype,
+                        _enum(FormatOrder, schema().PLANES, planes.planes_format, "planes format"),
+                        (planes.height, planes.width, planes.features),
+                        _quant(q) if q is not None else IDENTITY, network)]
     if edge.HasField("layer_info"):
         return [_layer_stream(edge.layer_info, direction, network, transposed_net)]
     return []
@@ -269,19 +228,18 @@ def _host_op(op, pad_to_stream: dict, pad_edges: dict, network: str):
         if srcs and srcs[0] is not None and op.output_pads:
             src, pad = srcs[0], op.output_pads[0]
             shape = src.shape[:2] + (1,) if kind == "ARGMAX" and len(src.shape) == 3 else src.shape
-            order = schema.ORDERS[pad.format_order] if 0 <= pad.format_order < len(schema.ORDERS) else "AUTO"
-            ftype = schema.TYPES[pad.format_type] if 0 <= pad.format_type < len(schema.TYPES) else "AUTO"
-            outs.append(StreamInfo(pad.name, "output", ftype, order, shape,
-                                   _quant(pad.numeric_info), network))
+            order = _enum(FormatOrder, {o.value: o for o in FormatOrder}, pad.format_order, "pad format order")
+            ftype = _enum(FormatType, {t.value: t for t in FormatType}, pad.format_type, "pad format type")
+            outs.append(_stream(pad.name, "output", ftype, order, shape, _quant(pad.numeric_info), network))
         text = f"{op.name}: {kind} on host, {', '.join(consumed) or '?'} -> " + \
                ", ".join(p.name for p in op.output_pads)
         return text, consumed, outs
     if op.HasField("nms_op"):
         nms = op.nms_op
-        kind = next((v for k, v in schema.NMS_KINDS.items() if nms.HasField(k)), "NMS")
-        outs = [StreamInfo(p.name, "output", "FLOAT32", "HAILO NMS BY CLASS",
-                           (nms.classes, 5, nms.max_proposals_per_class),
-                           QuantInfo(0.0, 1.0, 0.0, 0.0), network) for p in op.output_pads[:1]]
+        kind = next((v for k, v in schema().NMS_KINDS.items() if nms.HasField(k)), "NMS")
+        outs = [_stream(p.name, "output", FormatType.FLOAT32, FormatOrder.HAILO_NMS_BY_CLASS,
+                        (nms.classes, 5, nms.max_proposals_per_class), IDENTITY, network)
+                for p in op.output_pads[:1]]
         text = (f"{op.name}: {kind}{' bbox decoding' if nms.bbox_decoding_only else ''} NMS on host, "
                 f"classes: {nms.classes}, max proposals per class: {nms.max_proposals_per_class}, "
                 f"score threshold: {nms.nms_score_th:g}, IoU threshold: {nms.nms_iou_th:g}")
@@ -326,103 +284,61 @@ def _network_group(ng) -> NetworkGroupInfo:
     return NetworkGroupInfo(name, len(core.contexts), networks, inputs, outputs, sorted_outputs, ops)
 
 
-def read_hailo_hef(path, *, max_bytes: int = MAX_HEF_BYTES) -> HailoHefInfo:
-    """Read and check a HEF file; raise HefFormatError (message names the file) on any problem."""
-    try:
-        path = Path(path)
-    except TypeError as exc:
-        raise HefFormatError(f"{path!r}: not a file path") from exc
-    data = _read_bytes(path, max_bytes)
-    version, body, checksum = _check_header(path, data)
-    hef = schema.MESSAGES["Hef"]()
+def read(source: str | os.PathLike | bytes, *, name: str | None = None, max_bytes: int = MAX_HEF_BYTES) -> HefInfo:
+    """Read and check a HEF (a path or its bytes); HefFormatError, naming the file, on any problem."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        label, data = name or "<bytes>", bytes(source)
+        if len(data) > max_bytes:
+            raise HefFormatError(f"{label}: file is {len(data)} bytes, more than the {max_bytes}-byte limit")
+    elif isinstance(source, (str, os.PathLike)):
+        label = name or os.fspath(source)
+        data = read_limited(source, max_bytes, "HEF file", error=HefFormatError)
+    else:
+        raise HefFormatError(f"{source!r}: not a file path or bytes")
+    version, body, checksum = _check_header(label, data)
+    from google.protobuf.message import DecodeError
+
+    hef = schema().MESSAGES["Hef"]()
     try:
         hef.ParseFromString(body)
     except DecodeError as exc:
-        raise HefFormatError(f"{path}: protobuf body does not decode ({exc})") from exc
+        raise HefFormatError(f"{label}: protobuf body does not decode ({exc})") from exc
     except Exception as exc:  # the C parser may raise other types on hostile input
-        raise HefFormatError(f"{path}: protobuf body does not decode ({type(exc).__name__}: {exc})") from exc
+        raise HefFormatError(f"{label}: protobuf body does not decode ({type(exc).__name__}: {exc})") from exc
     if not hef.HasField("header"):
-        raise HefFormatError(f"{path}: protobuf body has no HEF header message")
+        raise HefFormatError(f"{label}: protobuf body has no HEF header message")
     arch_id = hef.header.hw_arch
-    hw_arch = schema.HW_ARCHS.get(arch_id, f"UNKNOWN({arch_id})")
+    hw_arch = schema().HW_ARCHS.get(arch_id, f"UNKNOWN({arch_id})")
     sdk = hef.header.sdk_version_str
     if not sdk and hef.header.HasField("sdk_version"):
         v = hef.header.sdk_version
         sdk = f"{v.major}.{v.minor}.{v.revision}"
     groups = [_network_group(ng) for ng in hef.network_groups]
     if not groups:
-        raise HefFormatError(f"{path}: HEF has no network groups")
+        raise HefFormatError(f"{label}: HEF has no network groups")
     for g in groups:
         if not g.inputs or not g.outputs:
-            log.warning("%s: network group %s has %d inputs and %d outputs", path, g.name,
+            log.warning("%s: network group %s has %d inputs and %d outputs", label, g.name,
                         len(g.inputs), len(g.outputs))
-    log.debug("%s: HEF v%d, %s, %s, DFC %s, %d network group(s)", path, version, checksum,
+    log.debug("%s: HEF v%d, %s, %s, DFC %s, %d network group(s)", label, version, checksum,
               hw_arch, sdk or "?", len(groups))
-    return HailoHefInfo(str(path), version, checksum, hw_arch, sdk, groups)
+    return HefInfo(label, version, checksum, hw_arch, sdk, groups, COMPATIBLE.get(hw_arch, [hw_arch]))
 
 
-# --- describe -------------------------------------------------------------------------------
+def schema():
+    """The protobuf schema module, imported on first use (the magic check needs no protobuf)."""
+    from hailopipe.formats import hef_schema
 
-def _num(x: float) -> str:
-    """Shortest text that reads back as the same float32 (HEF quant values are float32)."""
-    if x != x or x in (float("inf"), float("-inf")):
-        return str(x)
-    target = struct.pack("<f", x)
-    for digits in range(1, 10):
-        text = f"{x:.{digits}g}"
-        if struct.pack("<f", float(text)) == target:
-            return text
-    return repr(x)
-
-
-def _shape_text(s: StreamInfo) -> str:
-    if s.order == "HAILO NMS BY CLASS" and len(s.shape) == 3:
-        classes, _, per_class = s.shape
-        frame = classes * (1 + 5 * per_class) * 4
-        return (f"(number of classes: {classes}, maximum bounding boxes per class: {per_class}, "
-                f"maximum frame size: {frame})")
-    return "(" + "x".join(str(d) for d in s.shape) + ")"
-
-
-def describe(info: HailoHefInfo, *, style: str = "hailort5") -> str:
-    """Text in `hailortcli parse-hef` style (vstreams), plus a quantization line per vstream.
-
-    style="hailort5" prints "HEF Compatible for: ..." and "HEF Compiler Version: ..." (HailoRT
-    5.x); style="hailort4" prints "Architecture HEF was compiled for: ..." (HailoRT 4.x, which
-    Hailo-8 devices use)."""
-    if style not in ("hailort4", "hailort5"):
-        raise ValueError(f"describe: unknown style {style!r} (hailort4 or hailort5)")
-    tab = "    "
-    if style == "hailort4":
-        lines = [f"Architecture HEF was compiled for: {info.compatible_archs[0]}"]
-    else:
-        lines = [f"HEF Compatible for: {', '.join(info.compatible_archs)}"]
-        if info.sdk_version:
-            lines.append(f"HEF Compiler Version: {info.sdk_version}")
-    for g in info.network_groups:
-        ctx = f"Multi Context - Number of contexts: {g.contexts}" if g.contexts > 1 else "Single Context"
-        lines.append(f"Network group name: {g.name}, {ctx}")
-        for net in g.networks:
-            lines += [f"{tab}Network name: {net}", f"{tab * 2}VStream infos:"]
-            for s in g.inputs + g.outputs:
-                if s.network_name and s.network_name != net:
-                    continue
-                label = "Input " if s.direction == "input" else "Output"
-                q = s.quant_info
-                lines.append(f"{tab * 3}{label} {s.name} {s.format_type}, {s.order}{_shape_text(s)}")
-                lines.append(f"{tab * 4}Quantization: qp_scale={_num(q.qp_scale)}, qp_zp={_num(q.qp_zp)}, "
-                             f"limvals=[{_num(q.limvals_min)}, {_num(q.limvals_max)}]")
-            if g.ops:
-                lines.append(f"{tab * 3}Operation:")
-                lines += [f"{tab * 4}{op}" for op in g.ops]
-    return "\n".join(lines) + "\n"
+    return hef_schema
 
 
 def main(argv: list[str] | None = None) -> None:
+    from hailopipe.formats.parse_hef import describe
+
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or args[0].startswith("-"):
-        raise PipelineError("usage: python -m hailopipe.hailo_hef FILE.hef")
-    info = read_hailo_hef(args[0])
+        raise PipelineError("usage: python -m hailopipe.formats.hailo_hef FILE.hef")
+    info = read(args[0])
     log.info("%s: header v%d, %s", info.path, info.header_version, info.checksum)
     print(describe(info), end="")
 

@@ -1,15 +1,16 @@
 """The hailo backend: the same stages through Hailo's Dataflow Compiler (DFC) and HailoRT.
 
 Selected with `backend: hailo` in params.yaml; the stages call the functions below exactly as they
-call the emulator's.  Each wraps the SDK's documented Python API (reference doc sections 1 and 4):
+call the emulator's.  Each wraps the SDK's documented Python API (the DFC's ClientRunner, HailoRT's
+hailo_platform):
 
     parse            ClientRunner(hw_arch) -> translate_tf_model(model.tflite, start/end nodes,
                      tensor_shapes) -> save_har.  Node names come from the TFLite file; a trailing
                      SOFTMAX is cut off (the end node is its input), so every output is logits.
-    optimize         load_model_script(optimizer.model_script(...)) -> optimize(NHWC float32 raw
+    optimize         load_model_script(model_script.render(...)) -> optimize(NHWC float32 raw
                      pixels 0-255) -> save_har; the SDK's own warnings are returned under "warnings".
     compile          compile() -> bytes -> the .hef; the compiled HAR is saved beside it as
-                     `<hef stem>_compiled.har`; the report has hef.compile_report's shape.
+                     `<hef stem>_compiled.har`; the report has `formats.compile_report`'s layout.
     infer_quantized  infer_context(SDK_QUANTIZED) + infer (also infer_fp_optimized, infer_native).
     infer_compiled   HailoRT on a device: VDevice, HEF, ConfigureParams, FLOAT32 vstreams,
                      InferVStreams inside network_group.activate().
@@ -22,7 +23,7 @@ emulator names them) and mapped to the SDK's own HN names (`fc<i>`) in the model
 
 Without the SDK, `check_available()` raises one PipelineError saying what to install and where.
 All SDK failures become one-line PipelineErrors; HARs and HEFs are written atomically (that
-plumbing, with the install and version checks, is in `hailo_sdk`).
+plumbing, with the install and version checks, is in `sdk`).
 Not tested against the real SDK here: see docs/hailo-backend.md and `bench/hailo_e2e.py`.
 """
 
@@ -37,16 +38,18 @@ import time
 
 import numpy as np
 
-from hailopipe import optimizer
-from hailopipe.backends import compiled_har_path, hailo_sdk
-from hailopipe.backends.hailo_sdk import check_available, versions  # noqa: F401  (the backend's interface)
+from hailopipe.backends import compiled_har_path
+from hailopipe.backends.hailo import sdk as hailo_sdk
 from hailopipe.errors import PipelineError
 from hailopipe.fileio import write_bytes
+from hailopipe.formats import compile_report, hailo_hef, tflite
 from hailopipe.network import Dense, Network
+from hailopipe.quantization import calibration, model_script
+from hailopipe.quantization.config import OptimizeConfig
 
 log = logging.getLogger(__name__)
 
-SDK_PRECISION_MODES = ("a8_w8", "a8_w4", "a16_w16", "a16_w8", "a8_w8_a16", "a16_w8_a16")
+PRECISION_MODES = ("a8_w8", "a8_w4", "a16_w16", "a16_w8", "a8_w8_a16", "a16_w8_a16")  # the SDK's precision_mode values
 PIXEL_MAX = 255.0
 
 
@@ -59,7 +62,7 @@ def _kernel_layers(hn: dict, source) -> list[tuple[str, dict, list[int]]]:
     """(scoped name, layer, kernel shape [..., in, out]) of each layer with weights, walking the HN
     chain from its input layer."""
     layers = hn.get("layers") if isinstance(hn, dict) else None
-    inputs = [n for n, l in (layers or {}).items() if l.get("type") == "input_layer"]
+    inputs = [n for n, spec in (layers or {}).items() if spec.get("type") == "input_layer"]
     if len(inputs) != 1:
         raise PipelineError(f"{source}: the hailo backend handles one input layer, the HN has {len(inputs)}")
     chain, current = [], inputs[0]
@@ -95,7 +98,7 @@ def _float_network(runner, source) -> Network:
         kernel = np.asarray(kernel, np.float32)
         dense.append(Dense(name.split("/")[-1], kernel.reshape(-1, kernel.shape[-1]),
                            np.asarray(bias, np.float32), layer.get("params", {}).get("activation", "linear")))
-    first = next(l for l in hn["layers"].values() if l["type"] == "input_layer")
+    first = next(spec for spec in hn["layers"].values() if spec["type"] == "input_layer")
     return Network(hn.get("name", "net"), tuple(first["output_shapes"][0][1:]), dense)
 
 
@@ -142,43 +145,11 @@ def _pixels(x: np.ndarray, shape, what: str, scale: float = PIXEL_MAX) -> np.nda
 
 # --- the stages ------------------------------------------------------------------------------
 
-def _tflite_io(path) -> tuple[str, list[int], str]:
-    """(input tensor name, input shape, end tensor name) read from the TFLite flatbuffer; the end
-    is the graph output, or the logits feeding a trailing SOFTMAX."""
-    from ai_edge_litert import schema_py_generated as s
-
-    try:
-        with open(path, "rb") as f:
-            buf = f.read()
-    except (FileNotFoundError, IsADirectoryError):
-        raise PipelineError(f"{path}: file not found") from None
-    if buf[4:8] != b"TFL3":
-        raise PipelineError(f"{path}: not a TFLite file (no TFL3 identifier)")
-    try:
-        model = s.Model.GetRootAs(buf, 0)
-        graph = model.Subgraphs(0)
-        if graph.InputsLength() != 1 or graph.OutputsLength() != 1:
-            raise PipelineError(f"{path}: the hailo backend handles one input and one output tensor")
-        in_t, end = graph.Tensors(graph.Inputs(0)), int(graph.Outputs(0))
-        for i in range(graph.OperatorsLength()):
-            op = graph.Operators(i)
-            code = model.OperatorCodes(op.OpcodeIndex())
-            if (max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) == s.BuiltinOperator.SOFTMAX
-                    and int(op.Outputs(0)) == end):
-                end = int(op.Inputs(0))
-        names = [graph.Tensors(t).Name().decode() for t in (graph.Inputs(0), end)]
-        return names[0], [int(d) for d in in_t.ShapeAsNumpy()], names[1]
-    except PipelineError:
-        raise
-    except Exception as exc:  # a corrupt flatbuffer raises anything
-        raise PipelineError(f"{path}: corrupt TFLite flatbuffer ({type(exc).__name__}: {exc})") from None
-
-
 def parse(tflite_path, har_path, net_name: str, hw_arch: str) -> dict:
     """translate_tf_model on the TFLite file, then save_har (state hailo_model)."""
     sdk = hailo_sdk.load_sdk()
     hailo_sdk.check_versions(hw_arch, dfc=sdk.version)
-    start, shape, end = _tflite_io(tflite_path)
+    start, shape, end = tflite.io_names(tflite_path)
     runner = hailo_sdk.open_runner(sdk, hw_arch=hw_arch)
     with hailo_sdk.sdk_call(f"{tflite_path}: translate_tf_model failed"):
         try:
@@ -189,31 +160,41 @@ def parse(tflite_path, har_path, net_name: str, hw_arch: str) -> dict:
                                 f"{start!r}, end {end!r}): {' '.join(str(exc).split())}") from None
     hailo_sdk.save_har(runner, har_path)
     net = _float_network(runner, har_path)
-    return {"layers": [f"{l.name} {l.kernel.shape[0]}->{l.kernel.shape[1]} {l.activation}" for l in net.layers],
-            "params": int(sum(l.kernel.size + l.bias.size for l in net.layers)),
-            "sdk_names": {f"dense{i}": l.name for i, l in enumerate(net.layers, 1)},
-            "start_node": start, "end_node": end, "sdk_version": sdk.version}
+    return {**net.summary(), "sdk_names": _sdk_names(net), "start_node": start, "end_node": end,
+            "sdk_version": sdk.version}
 
 
-def optimize(har_path, out_har_path, calib: np.ndarray, cfg: optimizer.OptimizeConfig, hw_arch: str) -> dict:
+def _sdk_names(net: Network) -> dict[str, str]:
+    """The pipeline's layer names (dense<i>, as params.yaml and the reports use them) -> the SDK's."""
+    return {f"dense{i}": d.name for i, d in enumerate(net.layers, 1)}
+
+
+def layer_names(har_path) -> list[str]:
+    """The layers a precision mode can be set for (dense<i>, in order)."""
+    sdk = hailo_sdk.load_sdk()
+    runner = hailo_sdk.open_runner(sdk, har_path)
+    return list(_sdk_names(_float_network(runner, har_path)))
+
+
+def optimize(har_path, out_har_path, calib: np.ndarray, cfg: OptimizeConfig, hw_arch: str) -> dict:
     """load_model_script + optimize on raw-pixel calibration data, then save_har (quantized_model)."""
     sdk = hailo_sdk.load_sdk()
     hailo_sdk.check_versions(hw_arch, dfc=sdk.version)
     runner = hailo_sdk.open_runner(sdk, har_path, hw_arch)
     hailo_sdk.expect_state(runner, (sdk.States.HAILO_MODEL,), har_path)
     net = _float_network(runner, har_path)
-    names = {f"dense{i}": l.name for i, l in enumerate(net.layers, 1)}
+    names = _sdk_names(net)
     unknown = sorted(set(cfg.precision) - set(names))
-    bad = {k: v for k, v in cfg.precision.items() if v not in SDK_PRECISION_MODES}
-    if unknown or bad:
-        raise PipelineError(f"params.yaml: optimize.precision: unknown layer(s) {unknown} (layers are "
-                            f"{sorted(names)}) or mode(s) {bad} (modes are {', '.join(SDK_PRECISION_MODES)})")
+    bad = {k: v for k, v in cfg.precision.items() if v not in PRECISION_MODES}
+    if unknown or bad:  # the stage checks params.yaml first: this guards the Python API
+        raise PipelineError(f"precision: unknown layer(s) {unknown} (layers are {sorted(names)}) or mode(s) {bad} "
+                         f"(modes are {', '.join(PRECISION_MODES)})")
     sdk_cfg = dataclasses.replace(cfg, precision={names[k]: v for k, v in cfg.precision.items()})
     raw = _pixels(calib, net.input_shape, "calibration data")
-    ranges = optimizer.calibration_ranges(net, calib, sdk_cfg) if sdk_cfg.clipping_mode == "mse" else None
-    lines = optimizer.model_script(net, sdk_cfg, ranges).splitlines()
-    notes = [l.lstrip("# ") for l in lines if l.lstrip().startswith("#")]  # comments: not documented SDK syntax
-    script = "".join(f"{l}\n" for l in lines if l.strip() and not l.lstrip().startswith("#"))
+    ranges = calibration.ranges(net, calib, sdk_cfg) if sdk_cfg.clipping_mode == "mse" else None
+    lines = model_script.render(net, sdk_cfg, ranges).splitlines()
+    notes = [line.lstrip("# ") for line in lines if line.lstrip().startswith("#")]  # comments: not documented SDK syntax
+    script = "".join(f"{line}\n" for line in lines if line.strip() and not line.lstrip().startswith("#"))
     _check_normalization(script, "the model script from params.yaml")
     with hailo_sdk.sdk_call(f"{har_path}: load_model_script refused the generated script"):
         runner.load_model_script(script)
@@ -238,7 +219,7 @@ def compile(har_path, hef_path, hw_arch: str) -> dict:
     hailo_sdk.expect_state(runner, (sdk.States.QUANTIZED_MODEL,), har_path)
     with hailo_sdk.sdk_call(f"{har_path}: runner.compile failed"):
         hef = runner.compile()
-    if not isinstance(hef, (bytes, bytearray)) or bytes(hef[:4]) != hailo_sdk.HEF_MAGIC:
+    if not isinstance(hef, (bytes, bytearray)) or not hailo_hef.is_hailo_hef(hef):
         raise PipelineError(f"{har_path}: runner.compile() returned {type(hef).__name__} "
                             f"{bytes(hef[:4]) if isinstance(hef, (bytes, bytearray)) else ''!r}, not HEF bytes")
     write_bytes(hef_path, bytes(hef))
@@ -249,8 +230,8 @@ def compile(har_path, hef_path, hw_arch: str) -> dict:
 
 
 def _compile_report(hn: dict, script: str, hef_path, source) -> dict:
-    """hef.compile_report's shape (layers keyed dense<i>, totals), from the HN's kernel shapes and
-    the script's precision modes, plus what the HEF itself says (hailo_hef)."""
+    """The compile report (`formats.compile_report`, layers keyed dense<i>) from the HN's kernel
+    shapes and the script's precision modes, plus what the HEF itself says (`formats.hailo_hef`)."""
     kernels = _kernel_layers(hn, source)
     modes = _precision_modes(script, [n.split("/")[-1] for n, _, _ in kernels])
     layers = {}
@@ -259,16 +240,10 @@ def _compile_report(hn: dict, script: str, hef_path, source) -> dict:
         mode = modes[name.split("/")[-1]]
         w_bits = int(re.match(r"a\d+_w(\d+)", mode).group(1))
         fan_in, cout = int(np.prod(kshape[:-1])), int(kshape[-1])
-        layers[f"dense{i}"] = {"input_shape": [fan_in], "output_shape": [cout],
-                               "macs": fan_in * cout * int(np.prod(out_shape[1:-1])),
-                               "weight_bytes": fan_in * cout * w_bits // 8, "bias_bytes": cout * 4,
-                               "precision_mode": mode,
-                               "activation": layer.get("params", {}).get("activation", "linear"),
-                               "sdk_name": name.split("/")[-1]}
-    report = {"network": hn.get("name"), "layers": layers,
-              "total": {"macs": sum(v["macs"] for v in layers.values()),
-                        "weight_bytes": sum(v["weight_bytes"] + v["bias_bytes"] for v in layers.values()),
-                        "layers": len(layers)}}
+        layers[f"dense{i}"] = compile_report.layer(
+            [fan_in], [cout], fan_in * cout * int(np.prod(out_shape[1:-1])), fan_in * cout * w_bits // 8, cout * 4,
+            mode, layer.get("params", {}).get("activation", "linear"), sdk_name=name.split("/")[-1])
+    report = compile_report.build(hn.get("name"), layers)
     info = _hef_info(hef_path)
     if info is None:
         return report
@@ -285,7 +260,7 @@ def _emulate(har_path, x: np.ndarray, context: str, raw: bool) -> np.ndarray:
     hailo_sdk.expect_state(runner, states, har_path)
     with hailo_sdk.sdk_call(f"{har_path}: reading the HN"):
         hn, script = runner.get_hn_dict(), runner.model_script
-    first = next(l for l in hn["layers"].values() if l["type"] == "input_layer")
+    first = next(layer for layer in hn["layers"].values() if layer["type"] == "input_layer")
     shape = first["output_shapes"][0][1:]
     if raw and script.strip():  # optimize() loaded normalization([0], [255]); check it is still there
         _check_normalization(script, f"{har_path}: model script")
@@ -316,9 +291,7 @@ def _hef_info(hef_path):
     """hailo_hef's reading of a real HEF, or None: the file is the SDK's and HailoRT checks it; this
     project's reader may lag a newer HEF version or the SDK venv's protobuf."""
     try:
-        from hailopipe import hailo_hef
-
-        return hailo_hef.read_hailo_hef(hef_path)
+        return hailo_hef.read(hef_path)
     except (PipelineError, ImportError, AttributeError) as exc:
         log.warning("%s: not described (%s: %s)", hef_path, type(exc).__name__, exc)
         return None
@@ -332,7 +305,7 @@ def infer_compiled(hef_path, x: np.ndarray) -> np.ndarray:
             magic = f.read(4)
     except FileNotFoundError:
         raise PipelineError(f"{hef_path}: file not found") from None
-    if magic != hailo_sdk.HEF_MAGIC:
+    if not hailo_hef.is_hailo_hef(magic):
         raise PipelineError(f"{hef_path}: not a Hailo HEF (magic {magic!r}); re-run the compile stage "
                             "with backend: hailo")
     info = _hef_info(hef_path)
@@ -363,3 +336,9 @@ def infer_compiled(hef_path, x: np.ndarray) -> np.ndarray:
     log.info("infer_compiled: %d images on %s in %.3f s (%.0f frames/s)", len(x), devices[0], seconds,
              len(x) / max(seconds, 1e-9))
     return np.asarray(out, np.float32).reshape(len(x), -1)
+
+
+def analyze_noise(har_path, qhar_path, x: np.ndarray) -> dict:
+    """Not wired to the SDK's `runner.analyze_noise` yet: one clear error."""
+    raise PipelineError("the analyze_noise stage has no hailo backend yet (the SDK's runner.analyze_noise is not "
+                        "wired in); run it with backend: emulator")

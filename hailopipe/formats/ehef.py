@@ -30,14 +30,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hailopipe import __version__, qnetwork
+from hailopipe import __version__
 from hailopipe.errors import PipelineError
 from hailopipe.fileio import read_limited
+from hailopipe.formats import compile_report, qnpz
+from hailopipe.formats.hailo_hef import COMPATIBLE, is_hailo_hef
+from hailopipe.formats.streams import Format, FormatOrder, FormatType, HefInfo, NetworkGroupInfo, QuantInfo, VStreamInfo
 from hailopipe.network import Dense, Network
-from hailopipe.qnetwork import QNetwork
+from hailopipe.quantization import arithmetic
+from hailopipe.quantization.qnetwork import QNetwork
 
 MAGIC = b"EHEF"
-HAILO_MAGIC = b"\x01HEF"
 VERSION = 1
 FLAG_EMULATED = 1
 HEADER = struct.Struct(">4sIIQ32s")
@@ -55,52 +58,51 @@ class CompiledModel:
     path: str
     meta: dict
     qnet: QNetwork
+    info: HefInfo  # what parse-hef shows, in the records real HEFs are described with
 
     @property
-    def inputs(self) -> list[dict]:
-        return self.meta["inputs"]
-
-    @property
-    def outputs(self) -> list[dict]:
-        return self.meta["outputs"]
+    def report(self) -> dict:
+        return self.meta["report"]
 
 
-def _stream(name: str, shape, order: str, bits: int, scale: float, zp: int, limvals) -> dict:
-    qmin = -(1 << (bits - 1))
-    return {"name": name, "shape": [int(s) for s in shape], "order": order,
-            "format_type": "UINT8" if bits <= 8 else "UINT16",
-            "qp_scale": float(scale), "qp_zp": int(zp - qmin),
-            "limvals_min": float(limvals[0]), "limvals_max": float(limvals[1])}
+def _stream(q: QNetwork, name: str, direction: str, shape, order: FormatOrder, bits: int, scale: float, zp: int,
+            limvals) -> VStreamInfo:
+    qmin, _ = arithmetic.qrange(bits)
+    ftype = FormatType.UINT8 if bits <= 8 else FormatType.UINT16
+    return VStreamInfo(f"{q.name}/{name}", f"{q.name}/{q.name}", direction, Format(ftype, order),
+                       tuple(int(s) for s in shape),
+                       QuantInfo(float(zp - qmin), float(scale), float(limvals[0]), float(limvals[1])))
 
 
-def stream_infos(q: QNetwork) -> tuple[list[dict], list[dict]]:
+def stream_infos(q: QNetwork) -> tuple[list[VStreamInfo], list[VStreamInfo]]:
+    """The input and output vstreams of `q`: raw unsigned integers with the network's qparams."""
     out = q.output
-    inputs = [_stream(f"{q.name}/input_layer1", q.input_shape, "NHWC", q.input_bits, q.input_scale, q.input_zp,
-                      q.input_limvals)]
-    qmin, qmax = -(1 << (out.out_bits - 1)), (1 << (out.out_bits - 1)) - 1
-    lim = ((qmin - out.out_zp) * out.out_scale, (qmax - out.out_zp) * out.out_scale)
-    outputs = [_stream(f"{q.name}/{out.name}", (out.kernel.shape[1],), "NC", out.out_bits, out.out_scale,
-                       out.out_zp, lim)]
+    inputs = [_stream(q, "input_layer1", "input", q.input_shape, FormatOrder.NHWC, q.input_bits, q.input_scale,
+                      q.input_zp, q.input_limvals)]
+    outputs = [_stream(q, out.name, "output", (out.kernel.shape[1],), FormatOrder.NC, out.out_bits, out.out_scale,
+                       out.out_zp, arithmetic.real_range(out.out_scale, out.out_zp, out.out_bits))]
     return inputs, outputs
 
 
-def compile_report(q: QNetwork) -> dict:
-    """Per-layer shapes, MACs and weight bytes, and the totals."""
-    layers = {}
-    for l in q.layers:
-        K, C = l.kernel.shape
-        layers[l.name] = {"input_shape": [K], "output_shape": [C], "macs": l.macs,
-                          "weight_bytes": int(l.kernel.nbytes), "bias_bytes": int(C * 4),
-                          "precision_mode": f"a{l.out_bits}_w{l.w_bits}", "activation": l.activation}
-    return {"network": q.name, "layers": layers,
-            "total": {"macs": sum(v["macs"] for v in layers.values()),
-                      "weight_bytes": sum(v["weight_bytes"] + v["bias_bytes"] for v in layers.values()),
-                      "layers": len(layers)}}
+def _record(s: VStreamInfo) -> dict:
+    """A stream in the file's JSON description."""
+    q = s.quant_info
+    return {"name": s.name, "shape": list(s.shape), "order": s.format.order.name, "format_type": s.format.type.name,
+            "qp_scale": q.qp_scale, "qp_zp": int(q.qp_zp), "limvals_min": q.limvals_min, "limvals_max": q.limvals_max}
+
+
+def layer_report(q: QNetwork) -> dict:
+    """Per-layer shapes, MACs and weight bytes, and the totals (`compile_report`'s layout)."""
+    return compile_report.build(q.name, {
+        layer.name: compile_report.layer([int(layer.kernel.shape[0])], [int(layer.kernel.shape[1])], layer.macs,
+                                         int(layer.kernel.nbytes), int(layer.kernel.shape[1] * 4),
+                                         f"a{layer.out_bits}_w{layer.w_bits}", layer.activation)
+        for layer in q.layers})
 
 
 def compile_network(q: QNetwork, hw_arch: str) -> bytes:
     """The compiled file's bytes for `q` (deterministic)."""
-    arrays = qnetwork.to_arrays(q)
+    arrays = qnpz.to_arrays(q)
     index, blobs, offset = {}, [], 0
     for key in sorted(arrays):
         a = np.asarray(arrays[key])
@@ -114,10 +116,10 @@ def compile_network(q: QNetwork, hw_arch: str) -> bytes:
     meta = {"format": "hailopipe emulated HEF (not loadable by a Hailo device)", "emulated": True,
             "compiler": f"hailopipe-emulator {__version__}", "hw_arch": hw_arch,
             "network_group": q.name, "networks": [f"{q.name}/{q.name}"], "contexts": 1,
-            "inputs": inputs, "outputs": outputs,
-            "layers": [{"name": l.name, "activation": l.activation, "kernel_shape": list(l.kernel.shape)}
-                       for l in q.layers],
-            "input_shape": list(q.input_shape), "report": compile_report(q), "arrays": index}
+            "inputs": [_record(s) for s in inputs], "outputs": [_record(s) for s in outputs],
+            "layers": [{"name": layer.name, "activation": layer.activation, "kernel_shape": list(layer.kernel.shape)}
+                       for layer in q.layers],
+            "input_shape": list(q.input_shape), "report": layer_report(q), "arrays": index}
     js = json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
     head = struct.pack(">I", len(js)) + js
     head += b"\0" * (-len(head) % ALIGN)
@@ -129,11 +131,19 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     return read_limited(path, MAX_BYTES, "compiled model")
 
 
+def _info(label: str, meta: dict, digest: str, inputs, outputs) -> HefInfo:
+    group = NetworkGroupInfo(meta["network_group"], int(meta["contexts"]), list(meta["networks"]), inputs, outputs,
+                             [o.name for o in outputs])
+    arch = meta["hw_arch"].upper()
+    return HefInfo(label, VERSION, f"sha256 {digest} (verified)", arch, meta["compiler"], [group],
+                   COMPATIBLE.get(arch, [arch]), emulated=True)
+
+
 def load(source: str | os.PathLike | bytes, name: str | None = None) -> CompiledModel:
     """Read and verify an emulated compiled file (path or bytes)."""
     label = name or ("<bytes>" if isinstance(source, bytes) else str(source))
     buf = source if isinstance(source, bytes) else read_bytes(source)
-    if buf[:4] == HAILO_MAGIC:
+    if is_hailo_hef(buf):
         raise RealHefError(f"{label}: is a real Hailo HEF: running it needs a Hailo device and HailoRT "
                            "(hailo_platform); `hailopipe parse-hef` can still describe it")
     if len(buf) < HEADER.size:
@@ -167,17 +177,18 @@ def load(source: str | os.PathLike | bytes, name: str | None = None) -> Compiled
                 raise PipelineError(f"{label}: array {key} lies outside the file")
             arrays[key] = np.frombuffer(body, dt, count=n // dt.itemsize, offset=start).reshape(shape)
         skeleton = Network(meta["network_group"], tuple(int(s) for s in meta["input_shape"]),
-                           [Dense(l["name"], np.broadcast_to(np.float32(0), tuple(l["kernel_shape"])),
-                                  np.zeros(0, np.float32), l["activation"]) for l in meta["layers"]])
-        if not skeleton.layers or any(l.activation not in ("linear", "relu") for l in skeleton.layers):
+                           [Dense(spec["name"], np.broadcast_to(np.float32(0), tuple(spec["kernel_shape"])),
+                                  np.zeros(0, np.float32), spec["activation"]) for spec in meta["layers"]])
+        if not skeleton.layers or any(d.activation not in ("linear", "relu") for d in skeleton.layers):
             raise PipelineError(f"{label}: bad layer list")
-        qnet = qnetwork.from_arrays(arrays, skeleton, label)
-        expected = stream_infos(qnet)
-        if [meta["inputs"], meta["outputs"]] != [expected[0], expected[1]]:
+        qnet = qnpz.from_arrays(arrays, skeleton, label)
+        inputs, outputs = stream_infos(qnet)
+        if [meta["inputs"], meta["outputs"]] != [[_record(s) for s in inputs], [_record(s) for s in outputs]]:
             raise PipelineError(f"{label}: stream infos disagree with the quantized params")
+        info = _info(label, meta, digest.hex(), inputs, outputs)
     except PipelineError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError, struct.error,
             UnicodeDecodeError) as exc:
         raise PipelineError(f"{label}: malformed compiled-model description ({type(exc).__name__}: {exc})") from None
-    return CompiledModel(label, meta, qnet)
+    return CompiledModel(label, meta, qnet, info)

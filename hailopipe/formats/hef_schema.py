@@ -1,4 +1,4 @@
-"""The part of HailoRT's public hef.proto that `hailo_hef` reads, as protobuf message classes built
+"""The part of HailoRT's public hef.proto that `formats.hailo_hef` reads, as protobuf message classes built
 at import time (descriptor_pb2, proto3 like hef.proto, no code generation), and the tables that name
 its enum values.  `MESSAGES["Hef"]().ParseFromString(body)` decodes a HEF body.
 
@@ -36,28 +36,20 @@ from __future__ import annotations
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from hailopipe.formats.streams import FormatOrder
+
 # ProtoHEFHwArch -> name; hailo8 branch and master differ only above HAILO8L (5 was HAILO10H,
 # 103 is HAILO15H there and HAILO1XH on master).
 HW_ARCHS = {0: "HAILO8", 1: "HAILO8P", 2: "HAILO8R", 3: "HAILO8L", 4: "HAILO15M", 5: "HAILO10H",
             6: "HAILO15L", 100: "SAGE_A0", 101: "SAGE_B0", 102: "PAPRIKA_B0", 103: "HAILO15H",
             104: "GINGER", 105: "LAVENDER", 106: "PLUTO", 108: "MARS"}
-# Device architectures a HEF arch runs on (what "HEF Compatible for:" prints).
-COMPATIBLE = {"HAILO8": ["HAILO8"], "HAILO8P": ["HAILO8"], "HAILO8R": ["HAILO8"],
-              "SAGE_B0": ["HAILO8"], "PAPRIKA_B0": ["HAILO8"], "SAGE_A0": ["HAILO8_A0"],
-              "HAILO8L": ["HAILO8L", "HAILO8"], "HAILO15H": ["HAILO15H", "HAILO10H"],
-              "GINGER": ["HAILO15H", "HAILO10H"], "LAVENDER": ["HAILO15H", "HAILO10H"],
-              "HAILO15M": ["HAILO15M", "HAILO15H", "HAILO10H"], "HAILO15L": ["HAILO15L"],
-              "PLUTO": ["HAILO15L"], "HAILO10H": ["HAILO10H"], "MARS": ["HAILO12L"]}
 # EdgeLayerBase.format (compiler code) -> host-side vstream order (device order, then HailoRT's
 # default host order for it).
-HOST_ORDER = {0: "NHWC", 1: "NHWC", 2: "NC", 3: "FCR", 4: "BAYER RGB", 5: "NHW",
-              6: "HAILO NMS BY CLASS", 7: "F8CR", 8: "NHWC", 11: "YUY2", 13: "NHWC", 14: "NV12",
-              15: "NV21", 16: "I420"}
-# Order/type enums as written in Pad.format_order / Pad.format_type (= hailo_format_*_t values).
-ORDERS = ["AUTO", "NHWC", "NHCW", "FCR", "F8CR", "NHW", "NC", "BAYER RGB", "12 BIT BAYER RGB",
-          "HAILO NMS", "RGB 888", "NCHW", "YUY2", "NV12", "NV21", "YYUV", "YYVU"]
-TYPES = ["AUTO", "UINT8", "UINT16", "FLOAT32"]
-PLANES = {0: "NV12", 1: "NV21", 2: "I420"}
+_O = FormatOrder
+HOST_ORDER = {0: _O.NHWC, 1: _O.NHWC, 2: _O.NC, 3: _O.FCR, 4: _O.BAYER_RGB, 5: _O.NHW,
+              6: _O.HAILO_NMS_BY_CLASS, 7: _O.F8CR, 8: _O.NHWC, 11: _O.YUY2, 13: _O.NHWC, 14: _O.NV12,
+              15: _O.NV21, 16: _O.I420}
+PLANES = {0: _O.NV12, 1: _O.NV21, 2: _O.I420}
 NMS_KINDS = {"yolo": "YOLOv5", "yolox": "YOLOX", "ssd": "SSD", "iou": "IoU",
              "yolo_seg": "YOLOv5-Seg", "yolov8": "YOLOv8"}
 

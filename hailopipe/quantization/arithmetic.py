@@ -1,4 +1,4 @@
-r"""Quantization arithmetic: written once here, used by the optimizer, the engine and the formats.
+r"""Quantization arithmetic: written once here, used by the optimizer, the engine, the runtime and the formats.
 
 Affine quantization (gemmlowp's `doc/quantization.md`, TFLite's int8 spec, Hailo's `qp_scale`/`qp_zp`)
 ----------------------------------------------------------------------------------------------------
@@ -95,8 +95,25 @@ def qrange(bits: int) -> tuple[int, int]:
     return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
 
+def weight_qmax(bits: int) -> int:
+    """The largest magnitude of a symmetric `bits`-bit weight: 2^(bits-1) - 1 (the range is +-qmax)."""
+    return (1 << (bits - 1)) - 1
+
+
 def storage_dtype(bits: int) -> np.dtype:
+    """Signed storage of `bits`-bit integers: int8 or int16."""
     return np.dtype(np.int8) if bits <= 8 else np.dtype(np.int16)
+
+
+def stream_dtype(bits: int) -> np.dtype:
+    """The unsigned stream format of `bits`-bit integers (HailoRT's UINT8 / UINT16): uint8 or uint16."""
+    return np.dtype(np.uint8) if bits <= 8 else np.dtype(np.uint16)
+
+
+def real_range(scale: float, zero_point: int, bits: int) -> tuple[float, float]:
+    """The real values (1) of the integer range's ends: what a `bits`-bit tensor can carry (its limvals)."""
+    qmin, qmax = qrange(bits)
+    return (qmin - zero_point) * scale, (qmax - zero_point) * scale
 
 
 def choose_qparams(lo: float, hi: float, bits: int) -> tuple[float, int]:
@@ -110,9 +127,14 @@ def choose_qparams(lo: float, hi: float, bits: int) -> tuple[float, int]:
     return float(scale), zero_point
 
 
-def quantize(x: np.ndarray, scale: float, zero_point: int, bits: int) -> np.ndarray:
-    """q = clamp(round_half_even(x / scale) + zero_point), as integers of the storage dtype."""
+def quantize(x: np.ndarray, scale: float, zero_point: int, bits: int, limvals=None) -> np.ndarray:
+    """q = clamp(round_half_even(x / scale) + zero_point), as integers of the storage dtype; with
+    `limvals` x is first clipped to [limvals[0], limvals[1]] in its own dtype, as HailoRT's input
+    conversion does."""
     qmin, qmax = qrange(bits)
+    if limvals is not None:
+        x = np.asarray(x)
+        x = np.clip(x, x.dtype.type(limvals[0]), x.dtype.type(limvals[1]))
     q = np.rint(np.asarray(x, np.float64) / scale) + zero_point
     return np.clip(q, qmin, qmax).astype(storage_dtype(bits))
 
@@ -125,8 +147,7 @@ def dequantize(q: np.ndarray, scale, zero_point) -> np.ndarray:
 def to_unsigned(q: np.ndarray, bits: int) -> np.ndarray:
     """Signed storage -> the unsigned stream format (u = q - qmin)."""
     qmin, _ = qrange(bits)
-    udt = np.uint8 if bits <= 8 else np.uint16
-    return (q.astype(np.int32) - qmin).astype(udt)
+    return (q.astype(np.int32) - qmin).astype(stream_dtype(bits))
 
 
 def from_unsigned(u: np.ndarray, bits: int) -> np.ndarray:
@@ -136,7 +157,7 @@ def from_unsigned(u: np.ndarray, bits: int) -> np.ndarray:
 
 def quantize_weights(w: np.ndarray, bits: int, per_channel: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric weights: (q_w [K, C] integers, scale_w [C] float32)."""
-    qmax = (1 << (bits - 1)) - 1
+    qmax = weight_qmax(bits)
     w = np.asarray(w, np.float64)
     absmax = np.abs(w).max(axis=0) if per_channel else np.full(w.shape[1], np.abs(w).max())
     scale = np.where(absmax > 0, absmax / qmax, 1.0)

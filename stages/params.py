@@ -1,12 +1,15 @@
-"""params.yaml: loading and validation, so a bad value stops a stage with one line naming the key.
+"""params.yaml for the stages: loading, the checked accessors, and what several stages share.
 
-Each stage calls `load(path)` once and reads its section through the checked accessors below,
-for example `get(p, "calibration.size", int, lo=1, hi=10000)`.  An out-of-range or mistyped value
-raises PipelineError("params.yaml: calibration.size must be ...").
+Each stage calls `load()` once and reads its section through the accessors, for example
+`p.int("calibration.size", 1, 10000)`; an out-of-range or mistyped value raises
+PipelineError("params.yaml: calibration.size must be between 1 and 10000, got 0").  Every param
+is checked in the stage layer (here, in `stages.shared` and in each stage's `main`); the package
+raises errors about values only.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -14,7 +17,6 @@ import yaml
 
 from hailopipe.errors import PipelineError
 
-BACKENDS = ("emulator", "hailo")
 HW_ARCHS = ("hailo8", "hailo8r", "hailo8l", "hailo15h", "hailo15m", "hailo15l", "hailo10h")
 
 
@@ -56,8 +58,6 @@ class Params:
         return value
 
     def str(self, key: str, pattern: str | None = None) -> str:
-        import re
-
         value = self._lookup(key)
         if not isinstance(value, str) or not value or (pattern and not re.fullmatch(pattern, value)):
             raise self.fail(key, f"must be a string matching {pattern or '.+'}", value)
@@ -89,8 +89,11 @@ class Params:
             raise self.fail(key, "must be a mapping", value)
         return dict(value)
 
-    def backend(self) -> str:
-        return self.choice("backend", BACKENDS)
+    def override(self, key: str, text: str | None) -> None:
+        """Set `key` from a command-line value, parsed as YAML, to be checked like the file's."""
+        if text is not None:
+            section, name = key.split(".")
+            self.data.setdefault(section, {})[name] = yaml.safe_load(text)
 
     def hw_arch(self) -> str:
         return self.choice("hw_arch", HW_ARCHS)

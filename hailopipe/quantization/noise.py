@@ -1,25 +1,25 @@
 """Noise analysis, as `hailo analyze-noise`: the SNR of each layer's quantized output against float.
 
-    from hailopipe import noise
-    result = noise.analyze(float_net, qnet, x_nhwc_float32)     # or noise.analyze_har(har, qhar, x)
+    from hailopipe.quantization import noise
+    result = noise.analyze(float_net, qnet, x_nhwc_float32)
     result["layers"]["dense3"]["snr_db"]
 
 For every layer, over all images and output channels of `x`:
 
     SNR_dB = 10 log10( sum f^2 / sum (q - f)^2 )
 
-with f the float network's output of that layer (`float_layer_outputs`: `network.forward`'s math,
-summed in an order-independent way) and q the quantized network's,
-dequantized (r = scale (q - zero_point), `quant`).  Two figures per layer:
+with f the float network's output of that layer (`network.forward`, its products summed in an
+order-independent way) and q the quantized network's, dequantized (r = scale (q - zero_point),
+`arithmetic`).  Two figures per layer:
   snr_db           the quantized network run from the input (noise accumulated through the layers
                    before it: what the deployed model sees);
   isolated_snr_db  only this layer quantized: the float network's input to it, quantized with the
                    layer's input qparams (Hailo's per-layer "partial" view: which layer adds noise).
 No noise gives +inf; `report` caps the figures at +-`SNR_CAP_DB` for JSON.
 
-The quantized outputs come from the engine itself: `run_layer` runs one layer as a one-layer
-network through `engine.Engine`, so stepping layer by layer gives the engine's bits exactly (the
-tests check it against `Engine.run` of the whole network).  The stage is `stages/noise.py`.
+The quantized outputs come from the engine itself: `engine.run_layer` runs one layer as a one-layer
+network, so stepping layer by layer gives the engine's bits exactly (the tests check it against
+`Engine.run` of the whole network).  The stage is `stages/noise.py`.
 """
 
 from __future__ import annotations
@@ -28,28 +28,12 @@ import math
 
 import numpy as np
 
-from hailopipe import har, network, quant
-from hailopipe.engine import Engine
-from hailopipe.qnetwork import QDense, QNetwork
+from hailopipe import network
+from hailopipe.engine.engine import run_layer
+from hailopipe.quantization import arithmetic
+from hailopipe.quantization.qnetwork import QNetwork
 
 SNR_CAP_DB = 300.0
-
-
-def run_layer(layer: QDense, q_in: np.ndarray) -> np.ndarray:
-    """The engine's integer output of one quantized layer for integer inputs [N, ...]."""
-    single = QNetwork(layer.name, (1, 1, int(layer.kernel.shape[0])), layer.in_scale, layer.in_zp, layer.in_bits,
-                      (0.0, 0.0), [layer])
-    return Engine(single).run(q_in)
-
-
-def float_layer_outputs(net: network.Network, x: np.ndarray) -> list[np.ndarray]:
-    """Every layer's float32 output, the products by `quant.exact_dot`: the same bits on any BLAS."""
-    h = np.asarray(x, np.float32).reshape(len(x), -1)
-    outs = []
-    for layer in net.layers:
-        h = network.apply_activation(quant.exact_dot(h, layer.kernel) + layer.bias, layer.activation).astype(np.float32)
-        outs.append(h)
-    return outs
 
 
 def quantized_layer_outputs(qnet: QNetwork, q_in: np.ndarray) -> list[np.ndarray]:
@@ -76,23 +60,17 @@ def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
 def analyze(net: network.Network, qnet: QNetwork, x: np.ndarray) -> dict:
     """Per-layer SNR (dB) of `qnet` against `net` over the NHWC float32 images `x`."""
     flat = np.asarray(x, np.float32).reshape(len(x), -1)
-    float_outs = float_layer_outputs(net, flat)
-    q_in = quant.quantize(flat, qnet.input_scale, qnet.input_zp, qnet.input_bits)
+    _, float_outs = network.forward(net, flat, collect=True)
+    q_in = arithmetic.quantize(flat, qnet.input_scale, qnet.input_zp, qnet.input_bits)
     layers = {}
-    for i, (l, q, f) in enumerate(zip(qnet.layers, quantized_layer_outputs(qnet, q_in), float_outs)):
+    for i, (layer, q, f) in enumerate(zip(qnet.layers, quantized_layer_outputs(qnet, q_in), float_outs)):
         f_in = flat if i == 0 else float_outs[i - 1]
-        alone = run_layer(l, quant.quantize(f_in, l.in_scale, l.in_zp, l.in_bits))
-        layers[l.name] = {
-            "snr_db": snr_db(f, quant.dequantize(q, l.out_scale, l.out_zp)),
-            "isolated_snr_db": snr_db(f, quant.dequantize(alone, l.out_scale, l.out_zp)),
-            "precision": f"a{l.out_bits}_w{l.w_bits}"}
+        alone = run_layer(layer, arithmetic.quantize(f_in, layer.in_scale, layer.in_zp, layer.in_bits))
+        layers[layer.name] = {
+            "snr_db": snr_db(f, arithmetic.dequantize(q, layer.out_scale, layer.out_zp)),
+            "isolated_snr_db": snr_db(f, arithmetic.dequantize(alone, layer.out_scale, layer.out_zp)),
+            "precision": f"a{layer.out_bits}_w{layer.w_bits}"}
     return {"images": int(len(x)), "layers": layers, "output_snr_db": layers[qnet.layers[-1].name]["snr_db"]}
-
-
-def analyze_har(har_path, qhar_path, x: np.ndarray) -> dict:
-    """`analyze` on the float HAR (state hailo_model) and the quantized HAR of the same network."""
-    net = har.load(har_path, expect_state="hailo_model").net
-    return analyze(net, har.load(qhar_path, expect_state="quantized_model").qnet, x)
 
 
 def _cap(v: float) -> float:

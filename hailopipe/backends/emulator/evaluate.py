@@ -1,0 +1,28 @@
+"""The emulator's three views of the model for the evaluate stage: native, quantized, compiled."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hailopipe import network
+from hailopipe.engine import Engine
+from hailopipe.formats import har
+from hailopipe.quantization import arithmetic
+from hailopipe.runtime import HEF, InferModel
+
+
+def infer_native(har_path, x: np.ndarray) -> np.ndarray:
+    """The parsed float model (SDK_NATIVE): float32 logits of the HAR's network."""
+    return network.forward(har.load(har_path, expect_state="hailo_model").net, x, exact=False)
+
+
+def infer_quantized(har_path, x: np.ndarray) -> np.ndarray:
+    """The quantized HAR emulated (SDK_QUANTIZED): float in, dequantized logits out."""
+    q = har.load(har_path, expect_state="quantized_model").qnet
+    out = Engine(q).run(arithmetic.quantize(x, q.input_scale, q.input_zp, q.input_bits))
+    return arithmetic.dequantize(out, q.output.out_scale, q.output.out_zp)
+
+
+def infer_compiled(hef_path, x: np.ndarray) -> np.ndarray:
+    """The compiled file through the runtime, float32 in and out as HailoRT's FLOAT32 vstreams."""
+    return InferModel(HEF(hef_path)).run_float(x)

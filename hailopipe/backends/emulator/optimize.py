@@ -1,0 +1,28 @@
+"""The emulator's optimize step: `runner.optimize` with the model script's controls, then `save_har`."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hailopipe.formats import har
+from hailopipe.quantization import arithmetic, model_script, optimizer
+from hailopipe.quantization.config import OptimizeConfig
+
+PRECISION_MODES = tuple(arithmetic.PRECISION_MODES)
+
+
+def layer_names(har_path) -> list[str]:
+    """The layers a precision mode can be set for, in order."""
+    return [d.name for d in har.load(har_path, expect_state="hailo_model").net.layers]
+
+
+def optimize(har_path, out_har_path, calib: np.ndarray, cfg: OptimizeConfig, hw_arch: str) -> dict:
+    """Calibrate and quantize, writing the quantized HAR (with the equivalent model script)."""
+    src = har.load(har_path, expect_state="hailo_model")
+    qnet = optimizer.quantize_network(src.net, calib, cfg)
+    meta = {"hw_arch": hw_arch,
+            "model_script": model_script.render(src.net, cfg, ranges=[q.limvals for q in qnet.layers]),
+            "calibset_size": int(len(calib))}
+    har.save(har.Har("quantized_model", src.net, qnet, meta), out_har_path)
+    return {"layers": {q.name: {"limvals": list(q.limvals), "scale": q.out_scale, "zero_point": q.out_zp}
+                       for q in qnet.layers}}

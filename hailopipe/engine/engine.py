@@ -1,0 +1,202 @@
+"""The integer engine: runs a QNetwork on integer inputs, bit-exact.
+
+    from hailopipe.engine import Engine, run_layer
+    e = Engine(qnet)                 # prepares the weights once
+    q_out = e.run(q_in)              # storage integers [N, H, W, C] (int8/int16) -> [N, F]
+    u_out = e.run_stream(u_in)       # unsigned stream values (uint8/uint16) -> unsigned stream values
+    e.run(q_in, out=buf)             # either one can write into a preallocated [N, F] array
+    q_y = run_layer(qnet.layers[0], q_in)   # one layer alone, as the optimizer and noise analysis step
+
+Per Dense layer (derivation in `arithmetic`):  acc = q_x @ q_w + bias_eff;  q_y = requantize(acc), i.e.
+(3) then the fixed-point (5), exactly.  Two implementations give the same bits:
+
+* `avx2` (default where it can run): `_qkernel.c`, integer SIMD (int8 weights widened to int16,
+  products summed in int32 by vpmaddwd, requantization in 64-bit lanes), the whole network per
+  chunk of 32 rows so activations stay in cache, chunks shared among the machine's cores (threads
+  started per call and joined before it returns).  8-bit inputs are taken relative to their zero
+  point, so real zeros (dark pixels, ReLU floors) are integer zeros whose products it skips: exact
+  for any input, and on MNIST digits about 1.5x as fast as on dense inputs.  Its header explains
+  the layout.  It is compiled on first use (`native`: where, how, the cache).  It runs a network when the CPU
+  has AVX2 and every layer has 8-bit weights and provably fits int32 accumulators (`avx2_exact`:
+  |b[c]| + max|x| sum_k |q_w[k, c]| < 2^31 for every channel c; true for a8_w8 layers of any
+  realistic width, and for an 8-bit-weight layer after a 16-bit one while its fan-in is small).
+* `numpy`: BLAS GEMM in floating point on integer-valued operands, exact while every partial sum is
+  an integer below the format's exact range; the bound max|q_x| * max_c sum_k |q_w[k, c]| picks
+  float32 (< 2^24) or float64 (< 2^53) per layer, so the product is exact whatever order BLAS sums
+  in; then (5) in int64.  Rows go in chunks of `CHUNK` so temporaries stay small.
+
+`Engine(qnet, kernel=...)` picks one: "auto" (the default, or `$HAILOPIPE_KERNEL`), "avx2" (an error
+if it cannot run) or "numpy".  `Engine.kernel` tells which one runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import os
+
+import numpy as np
+
+from hailopipe.engine import native
+from hailopipe.errors import PipelineError
+from hailopipe.quantization import arithmetic
+from hailopipe.quantization.qnetwork import QDense, QNetwork
+
+log = logging.getLogger(__name__)
+
+F32_EXACT = 1 << 24
+F64_EXACT = 1 << 53
+I32_LIMIT = 1 << 31
+CHUNK = 2048  # rows per chunk of the numpy path
+KERNELS = ("auto", "avx2", "numpy")
+
+
+def _usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _clamp_range(layer: QDense) -> tuple[int, int]:
+    qmin, qmax = arithmetic.qrange(layer.out_bits)
+    return (max(qmin, layer.out_zp) if layer.activation == "relu" else qmin), qmax
+
+
+def _abs_colsum(layer: QDense) -> np.ndarray:
+    return np.abs(layer.kernel.astype(np.int64)).sum(axis=0)
+
+
+def _offset(layer: QDense) -> int:
+    """What the AVX2 kernel subtracts from layer l's input integers before the products: the zero
+    point for 8-bit inputs (so that a real 0, a dark pixel or a dead ReLU, is an integer 0 whose
+    products it skips), 0 for 16-bit ones (q - z_x might not fit int16)."""
+    return layer.in_zp if layer.in_bits <= 8 else 0
+
+
+def _bias(layer: QDense) -> np.ndarray:
+    """The constant of acc = sum (q_x - offset) q_w + bias: (3) with the offset's share left in."""
+    return arithmetic.fold_zero_point(layer.bias, layer.kernel, layer.in_zp - _offset(layer))
+
+
+def avx2_exact(layer: QDense) -> bool:
+    """Whether the AVX2 kernel computes layer `l` exactly: 8-bit weights, every partial sum of
+    bias + sum (q_x - offset) q_w below 2^31 in magnitude for any input, and m0, e within its
+    64-bit requantization."""
+    qmin, qmax = arithmetic.qrange(layer.in_bits)
+    x_max = max(qmax - _offset(layer), _offset(layer) - qmin)
+    bound = x_max * _abs_colsum(layer) + np.abs(_bias(layer))
+    return (bool(bound.max(initial=0) < I32_LIMIT) and layer.out_bits <= 16 and layer.kernel.dtype == np.int8
+            and int(layer.m0.min(initial=0)) >= 0 and int(layer.m0.max(initial=0)) < I32_LIMIT
+            and 1 <= int(layer.shift.min(initial=1)) and int(layer.shift.max(initial=1)) <= 62)
+
+
+class Engine:
+    """Prepared integer network; see the module docstring."""
+
+    def __init__(self, qnet: QNetwork, kernel: str | None = None, threads: int | None = None):
+        kernel = kernel or os.environ.get("HAILOPIPE_KERNEL") or "auto"
+        if kernel not in KERNELS:
+            raise PipelineError(f"engine kernel {kernel!r} is not one of {', '.join(KERNELS)}")
+        self.qnet = qnet
+        self.in_features = int(qnet.layers[0].kernel.shape[0])
+        self.out_features = int(qnet.layers[-1].kernel.shape[1])
+        self.output_dtype = arithmetic.storage_dtype(qnet.output.out_bits)
+        self.threads = max(1, threads or _usable_cpus())
+        self.kernel, why = "numpy", ""
+        if kernel != "numpy":
+            fn, why = native.load_kernel()
+            wide = [layer.name for layer in qnet.layers if not avx2_exact(layer)]
+            if fn is not None and not wide:
+                self._prepare_avx2(fn)
+            elif kernel == "avx2":
+                why = why or f"layers {', '.join(wide)} have 16-bit weights or may exceed int32 accumulators"
+                raise PipelineError(f"engine: the avx2 kernel cannot run {qnet.name}: {why}")
+        if self.kernel == "numpy":
+            self._prepare_numpy()
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        return arithmetic.storage_dtype(self.qnet.input_bits)
+
+    def _prepare_avx2(self, fn) -> None:
+        self.kernel, self._fn = "avx2", fn
+        self._arrays, self._structs = [], (native.QkLayer * len(self.qnet.layers))()
+        Kp = native.round_up(self.in_features, 16)
+        layers = self.qnet.layers
+        for i, layer in enumerate(layers):
+            p = native.pack_layer(layer, Kp, _bias(layer))
+            self._arrays.append(p)  # keeps the buffers the structs point into alive
+            lo, hi = _clamp_range(layer)
+            sub = _offset(layers[i + 1]) if i + 1 < len(layers) else 0  # the stored output is q_y - sub
+            K, C = layer.kernel.shape
+            pointers = (p[k].ctypes.data for k in ("w", "bias", "m0", "rnd", "shift"))
+            self._structs[i] = native.QkLayer(K, C, Kp, len(p["bias"]), *pointers, layer.out_zp - sub, lo - sub, hi - sub,
+                                        _offset(layer))
+            Kp = len(p["bias"])
+        self._structs_ptr = ctypes.addressof(self._structs)
+
+    def _prepare_numpy(self) -> None:
+        self._layers = []
+        for layer in self.qnet.layers:
+            bound = -arithmetic.qrange(layer.in_bits)[0] * int(_abs_colsum(layer).max(initial=0))
+            if bound >= F64_EXACT:
+                raise PipelineError(f"layer {layer.name}: accumulator bound 2^{bound.bit_length()} is beyond exact float64")
+            ftype = np.float32 if bound < F32_EXACT else np.float64
+            self._layers.append((layer.kernel.astype(ftype), arithmetic.fold_zero_point(layer.bias, layer.kernel, layer.in_zp), layer, *_clamp_range(layer)))
+
+    def _rows(self, a, dtype: np.dtype, what: str) -> np.ndarray:
+        """`a` as contiguous rows [N, K] of `dtype`, or a PipelineError saying what is wrong."""
+        a = np.asarray(a)
+        if a.dtype != dtype:
+            if a.dtype.kind not in "iu":
+                raise PipelineError(f"engine {what}: dtype {a.dtype}, expected {dtype}")
+            info = np.iinfo(dtype)
+            if a.size and (a.min() < info.min or a.max() > info.max):
+                raise PipelineError(f"engine {what}: values outside {dtype} range {info.min}..{info.max}")
+            a = a.astype(dtype)
+        k = math.prod(a.shape[1:]) if a.ndim >= 1 else -1
+        if k != self.in_features:
+            raise PipelineError(f"engine {what}: shape {list(a.shape)}, expected [N, ...] with {self.in_features} values per row")
+        return np.ascontiguousarray(a.reshape(len(a), k))
+
+    def _out(self, out, n: int, dtype: np.dtype) -> np.ndarray:
+        if out is None:
+            return np.empty((n, self.out_features), dtype)
+        if (not isinstance(out, np.ndarray) or out.shape != (n, self.out_features) or out.dtype != dtype
+                or not out.flags.c_contiguous or not out.flags.writeable):
+            raise PipelineError(f"engine out: need a writeable C-contiguous {dtype} array of shape "
+                                f"{[n, self.out_features]}, got {getattr(out, 'dtype', type(out).__name__)} "
+                                f"{list(getattr(out, 'shape', []))}")
+        return out
+
+    def run(self, q, out: np.ndarray | None = None) -> np.ndarray:
+        """Storage integers in (int8/int16 [N, ...]) -> storage integers out ([N, F])."""
+        x = self._rows(q, self.input_dtype, "input")
+        return self._run(x, self._out(out, len(x), self.output_dtype))
+
+    def run_stream(self, u, out: np.ndarray | None = None) -> np.ndarray:
+        """Unsigned stream values in (uint8/uint16, u = q - qmin) -> unsigned stream values out."""
+        x = self._rows(u, arithmetic.stream_dtype(self.qnet.input_bits), "input stream")
+        return self._run(x, self._out(out, len(x), arithmetic.stream_dtype(self.qnet.output.out_bits)))
+
+    def _run(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        if self.kernel == "avx2":
+            if self._fn(self._structs_ptr, len(self._structs), native.address(x), native.KINDS[x.dtype], len(x),
+                        native.address(out), native.KINDS[out.dtype], self.threads):
+                raise MemoryError("engine: could not allocate the kernel's row buffers")
+            return out
+        signed_in, signed_out = x.dtype.kind == "i", out.dtype.kind == "i"
+        for start in range(0, len(x), CHUNK):
+            h = x[start:start + CHUNK]
+            h = h if signed_in else arithmetic.from_unsigned(h, self.qnet.input_bits)
+            for w, bias, layer, lo, hi in self._layers:
+                acc = h.astype(w.dtype) @ w
+                h = arithmetic.requantize(acc.astype(np.int64) + bias, layer.m0, layer.shift, layer.out_zp, lo, hi)
+            out[start:start + CHUNK] = h if signed_out else arithmetic.to_unsigned(h, self.qnet.output.out_bits)
+        return out
+
+
+def run_layer(layer: QDense, q_in: np.ndarray) -> np.ndarray:
+    """The engine's integer output of one quantized layer for its integer inputs [N, ...] (storage dtype)."""
+    single = QNetwork(layer.name, (1, 1, int(layer.kernel.shape[0])), layer.in_scale, layer.in_zp, layer.in_bits,
+                      (0.0, 0.0), [layer])
+    return Engine(single).run(q_in)

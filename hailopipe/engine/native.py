@@ -1,0 +1,130 @@
+"""The engine's native kernel: `_qkernel.c`, compiled on first use, loaded with ctypes.
+
+    fn, why = native.load_kernel()   # the `qk_run` function, or (None, why it is unavailable)
+
+The source is compiled with the system C compiler (`$CC`, default `cc`) and cached under
+`$HAILOPIPE_CACHE` (default `~/.cache/hailopipe`), keyed by a hash of the source and flags (a new
+build deletes the libraries of earlier versions; a process that has one loaded keeps its mapping).
+It runs only on x86-64 CPUs with AVX2 (`qk_cpu_ok`).  `QkLayer` mirrors the C struct `qk_layer` and
+`pack_layer` puts a quantized layer into the layout the C header documents.  `engine.Engine`
+decides when to use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from hailopipe.quantization.qnetwork import QDense
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("_qkernel.c")
+CFLAGS = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-pthread"]
+KINDS = {np.dtype(np.int8): 0, np.dtype(np.uint8): 1, np.dtype(np.int16): 2, np.dtype(np.uint16): 3}
+
+
+class QkLayer(ctypes.Structure):
+    """`qk_layer` of _qkernel.c."""
+    _fields_ = [("K", ctypes.c_int32), ("C", ctypes.c_int32), ("Kp", ctypes.c_int32), ("Cp", ctypes.c_int32),
+                ("w", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("m0", ctypes.c_void_p), ("rnd", ctypes.c_void_p),
+                ("shift", ctypes.c_void_p), ("add", ctypes.c_int32), ("lo", ctypes.c_int32), ("hi", ctypes.c_int32),
+                ("in_sub", ctypes.c_int32)]
+
+
+_lib_lock = threading.Lock()
+_lib: list = []  # [ctypes function or None, reason], filled once per process
+
+
+def _build(cache: Path) -> Path:
+    """Compile _qkernel.c into `cache` unless a library of the same source and flags is there."""
+    cc = os.environ.get("CC", "cc")
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *CFLAGS]).encode()).hexdigest()[:16]
+    lib = cache / f"qkernel-{key}.so"
+    if not lib.exists():
+        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if cache.stat().st_uid != os.getuid():
+            raise PermissionError(f"{cache} belongs to another user")
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+        os.close(fd)
+        try:
+            subprocess.run([cc, *CFLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, text=True, timeout=300)
+            os.replace(tmp, lib)  # atomic: concurrent builders each rename a complete file
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        for old in cache.glob("qkernel-*.so"):  # earlier versions' builds; a process that has one
+            if old != lib:                      # loaded keeps its mapping, a new one rebuilds
+                with contextlib.suppress(OSError):
+                    old.unlink()
+    return lib
+
+
+def load_kernel():
+    """(the compiled `qk_run` function, "") or (None, why it is unavailable); built once per process."""
+    with _lib_lock:
+        if not _lib:
+            _lib.extend(_load())
+            if _lib[0] is None:
+                log.info("engine: AVX2 kernel unavailable (%s); using the numpy kernel", _lib[1])
+        return _lib[0], _lib[1]
+
+
+def _load():
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None, f"CPU is {platform.machine()}, not x86-64"
+    cache = Path(os.environ.get("HAILOPIPE_CACHE") or Path.home() / ".cache" / "hailopipe")
+    try:
+        try:
+            path = _build(cache)
+        except OSError as exc:  # an unwritable cache (a missing compiler fails again below)
+            log.debug("engine: cache %s unusable (%s); building in the temp dir", cache, exc)
+            path = _build(Path(tempfile.gettempdir()) / f"hailopipe-{os.getuid()}")
+        lib = ctypes.CDLL(str(path))
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        return None, f"could not build {SOURCE.name}: {detail.strip().splitlines()[-1] if detail.strip() else exc}"
+    if not lib.qk_cpu_ok():
+        return None, "CPU lacks AVX2"
+    fn = lib.qk_run
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_void_p,
+                   ctypes.c_int, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn, ""
+
+
+def address(a: np.ndarray) -> int:
+    """The data pointer of a contiguous array; the buffer protocol is ~4x faster than `a.ctypes.data`."""
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(a))
+    except (TypeError, ValueError):  # read-only or empty
+        return a.ctypes.data
+
+
+def round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def pack_layer(layer: QDense, Kp: int, bias_eff: np.ndarray) -> dict[str, np.ndarray]:
+    """One layer in the kernel's layout (see _qkernel.c): padded, pair-interleaved, even/odd constants;
+    `bias_eff` is the accumulator constant the engine computed for it."""
+    K, C = layer.kernel.shape
+    Cp = round_up(C, 16)
+    w = np.zeros((Kp, Cp), np.int8)
+    w[:K, :C] = layer.kernel
+    order = np.arange(Cp).reshape(-1, 8)[:, [0, 2, 4, 6, 1, 3, 5, 7]].ravel()
+    bias, m0, shift = np.zeros(Cp, np.int32), np.zeros(Cp, np.int64), np.ones(Cp, np.int64)
+    bias[:C] = bias_eff
+    m0[:C], shift[:C] = layer.m0, layer.shift
+    return {"w": np.ascontiguousarray(w.reshape(Kp // 2, 2, Cp // 16, 16).transpose(2, 0, 3, 1)), "bias": bias,
+            "m0": m0[order], "rnd": (np.int64(1) << (shift - 1))[order], "shift": shift[order]}

@@ -1,0 +1,105 @@
+"""Any compiled file, as `hailortcli parse-hef` shows it: the emulator's (`ehef`) or a real HEF (`hailo_hef`).
+
+    from hailopipe.formats import parse_hef
+    info, compiled = parse_hef.read("models/mnist.hef")   # a path or bytes; compiled is None for a real HEF
+    print(parse_hef.describe(info))
+
+`read` tells the two apart by their magic (`\\x01HEF` real, `EHEF` emulated) and describes both
+with the same records (`streams.HefInfo`); an emulated file also comes back as the
+`ehef.CompiledModel` the engine runs.  `describe` renders the vstreams in hailortcli's layout,
+plus a quantization line per vstream; `to_json` gives the same as plain JSON types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import struct
+
+from hailopipe.formats import ehef, hailo_hef
+from hailopipe.formats.streams import FormatOrder, HefInfo, VStreamInfo
+
+
+def read(source: str | os.PathLike | bytes, name: str | None = None) -> tuple[HefInfo, ehef.CompiledModel | None]:
+    """(description, the emulated model or None for a real HEF) of a compiled file (a path or its bytes)."""
+    buf = bytes(source) if isinstance(source, (bytes, bytearray)) else ehef.read_bytes(source)
+    label = name or ("<bytes>" if isinstance(source, (bytes, bytearray)) else os.fspath(source))
+    if hailo_hef.is_hailo_hef(buf):
+        return hailo_hef.read(buf, name=label), None
+    compiled = ehef.load(buf, name=label)
+    return compiled.info, compiled
+
+
+def _num(x: float) -> str:
+    """Shortest text that reads back as the same float32 (HEF quant values are float32)."""
+    if x != x or x in (float("inf"), float("-inf")):
+        return str(x)
+    target = struct.pack("<f", x)
+    for digits in range(1, 10):
+        text = f"{x:.{digits}g}"
+        if struct.pack("<f", float(text)) == target:
+            return text
+    return repr(x)
+
+
+def _shape_text(s: VStreamInfo) -> str:
+    if s.format.order == FormatOrder.HAILO_NMS_BY_CLASS and len(s.shape) == 3:
+        classes, _, per_class = s.shape
+        frame = classes * (1 + 5 * per_class) * 4
+        return (f"(number of classes: {classes}, maximum bounding boxes per class: {per_class}, "
+                f"maximum frame size: {frame})")
+    return "(" + "x".join(str(d) for d in s.shape) + ")"
+
+
+def describe(info: HefInfo, *, style: str = "hailort5") -> str:
+    """Text in `hailortcli parse-hef` style (vstreams), plus a quantization line per vstream.
+
+    style="hailort5" prints "HEF Compatible for: ..." and "HEF Compiler Version: ..." (HailoRT
+    5.x); style="hailort4" prints "Architecture HEF was compiled for: ..." (HailoRT 4.x, which
+    Hailo-8 devices use)."""
+    if style not in ("hailort4", "hailort5"):
+        raise ValueError(f"describe: unknown style {style!r} (hailort4 or hailort5)")
+    tab = "    "
+    if style == "hailort4":
+        lines = [f"Architecture HEF was compiled for: {info.compatible_archs[0]}"]
+    else:
+        lines = [f"HEF Compatible for: {', '.join(info.compatible_archs)}"]
+        if info.sdk_version:
+            lines.append(f"HEF Compiler Version: {info.sdk_version}")
+    for g in info.network_groups:
+        ctx = f"Multi Context - Number of contexts: {g.contexts}" if g.contexts > 1 else "Single Context"
+        lines.append(f"Network group name: {g.name}, {ctx}")
+        for net in g.networks:
+            lines += [f"{tab}Network name: {net}", f"{tab * 2}VStream infos:"]
+            for s in g.inputs + g.outputs:
+                if s.network_name and s.network_name != net:
+                    continue
+                label = "Input " if s.direction == "input" else "Output"
+                q = s.quant_info
+                lines.append(f"{tab * 3}{label} {s.name} {s.format.type.name}, {s.format.order.text}{_shape_text(s)}")
+                lines.append(f"{tab * 4}Quantization: qp_scale={_num(q.qp_scale)}, qp_zp={_num(q.qp_zp)}, "
+                             f"limvals=[{_num(q.limvals_min)}, {_num(q.limvals_max)}]")
+            if g.ops:
+                lines.append(f"{tab * 3}Operation:")
+                lines += [f"{tab * 4}{op}" for op in g.ops]
+    return "\n".join(lines) + "\n"
+
+
+def _plain(obj):
+    """dataclasses.asdict's output with every enum as hailortcli names it, for JSON."""
+    if isinstance(obj, dict):
+        if set(obj) == {"type", "order"}:  # a Format
+            return {"format_type": obj["type"].name, "order": obj["order"].text}
+        out = {}
+        for k, v in obj.items():
+            out.update(_plain(v) if k == "format" else {k: _plain(v)})
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj.name if isinstance(obj, enum.Enum) else obj
+
+
+def to_json(info: HefInfo) -> dict:
+    """`info` as JSON types: streams with `format_type` and `order` (hailortcli's names) beside the rest."""
+    return _plain(dataclasses.asdict(info))

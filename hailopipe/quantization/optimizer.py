@@ -1,0 +1,115 @@
+"""The optimize step (Hailo's `runner.optimize`): calibrate, choose ranges, quantize, correct.
+
+    from hailopipe.quantization import optimizer
+    from hailopipe.quantization.config import OptimizeConfig
+    qnet = optimizer.quantize_network(net, calib_nhwc_float32, OptimizeConfig(optimization_level=1))
+
+`stages/optimize.py` builds the `OptimizeConfig` from params.yaml and picks the calibration images
+(`calibration.indices`).  The math lives in `arithmetic` (its docstring derives every formula used
+here); this module decides *what* to quantize with it.  The controls, with the SDK's model-script
+spelling that `model_script` emits:
+
+Statistics (every level, `calibration`).  The float network runs over the calibration images, with
+products summed so that the figures do not depend on the BLAS; each layer's outputs give its range
+[lo, hi] by `activation_clipping` (mode): `minmax`, `percentile` or `mse`.  The input layer's range
+is the model's input domain (`input_range`, [0, 1] = pixels/255: scale 1/255, raw pixels on the
+wire, exactly).
+
+Quantization.  Symmetric weights per output channel or per tensor (`per_channel`), asymmetric
+activations from the ranges, integer biases and fixed-point requantization.  Scales are rounded to
+float32 first, so the quantized HAR holds exactly the numbers the engine uses.  `precision` maps a
+layer to `a16_w16` (16-bit output and weights; `quantization_param(<net>/<layer>, precision_mode=...)`).
+
+optimization_level (`model_optimization_flavor(optimization_level=...)`), cumulative:
+  0  statistics only: the ranges above, weights rounded to nearest, biases as trained (no
+     equalization either: the model script disables the SDK's, to ask it for the same).
+  1  + bias correction: layer by layer, with the *quantized* network's actual inputs (the engine's
+     outputs of the layers before), shift the layer's bias so that the mean over the calibration set
+     of its quantized pre-activation output equals the float network's.  The mean of an affine map
+     is the map of the mean, so the error per output channel c is exactly
+        e[c] = s_x s_w[c] (mean(q_x) @ q_w + bias_eff)[c] - (mean(h) @ W + b)[c]
+     and the integer bias becomes q_b - round(e / (s_x s_w)), leaving |e| <= half a bias step.  This
+     removes the systematic part of the weight-rounding error and of the error from earlier layers.
+  2  + fine-tune (before the bias correction): a short quantization-aware distillation on the
+     calibration set (`finetune`: epochs, learning rate, batch size, in numpy): the network with
+     fake-quantized weights (per the weights mode) and activations (per the ranges) is trained, by
+     Adam with straight-through gradients, to reproduce the float network's logits (mean squared
+     error of the last layer's output before its own rounding, which no weight can change); then it
+     is quantized as above with the unchanged ranges.  Bit-reproducible: see `finetune.finetune`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from hailopipe import network
+from hailopipe.engine.engine import run_layer
+from hailopipe.quantization import arithmetic, calibration, config, finetune
+from hailopipe.quantization.config import OptimizeConfig
+from hailopipe.quantization.qnetwork import QDense, QNetwork
+
+log = logging.getLogger(__name__)
+
+
+def _f32(x: float) -> float:
+    return float(np.float32(x))
+
+
+def quantize_dense(d: network.Dense, in_bits, in_scale, in_zp, limvals, mode, per_channel, bias=None) -> QDense:
+    """One Dense layer in integers; `bias` (float) replaces the layer's own, for bias correction."""
+    out_bits, w_bits = arithmetic.PRECISION_MODES[mode]
+    q_w, s_w = arithmetic.quantize_weights(d.kernel, w_bits, per_channel)
+    q_b = arithmetic.quantize_bias(d.bias if bias is None else bias, in_scale, s_w)
+    out_scale, out_zp = arithmetic.choose_qparams(*limvals, out_bits)
+    out_scale = _f32(out_scale)
+    multiplier = float(np.float32(in_scale)) * s_w.astype(np.float64) / out_scale
+    bits = arithmetic.multiplier_bits(q_w, arithmetic.fold_zero_point(q_b, q_w, in_zp), in_bits)
+    m0, shift = arithmetic.quantize_multiplier(multiplier, bits)
+    return QDense(d.name, d.activation, in_bits, w_bits, out_bits, q_w, q_b, s_w, in_scale, in_zp,
+                  out_scale, out_zp, m0, shift, (float(limvals[0]), float(limvals[1])))
+
+
+def bias_error(q: QDense, mean_q_in: np.ndarray, d_ref: network.Dense, mean_f_in: np.ndarray) -> np.ndarray:
+    """e[c]: mean quantized pre-activation (real units) minus the float reference's, per channel.
+
+    The vector-matrix products are summed by numpy row after row (not by BLAS), in a fixed order."""
+    acc = (mean_q_in[:, None] * q.kernel).sum(axis=0) + arithmetic.fold_zero_point(q.bias, q.kernel, q.in_zp)
+    quantized = q.in_scale * q.w_scale.astype(np.float64) * acc
+    return quantized - ((mean_f_in[:, None] * d_ref.kernel.astype(np.float64)).sum(axis=0) + d_ref.bias)
+
+
+def correct_bias(q: QDense, d: network.Dense, d_ref: network.Dense, mean_q_in, mean_f_in, limvals, mode, cfg) -> QDense:
+    """Level 1: requantize `d` with its integer bias shifted by the rounded mean mismatch (module docstring)."""
+    err = bias_error(q, mean_q_in, d_ref, mean_f_in)
+    unit = q.in_scale * q.w_scale.astype(np.float64)  # one step of the integer bias
+    corrected = unit * (q.bias - np.rint(err / unit))  # exact multiples: quantize_bias gives them back
+    q = quantize_dense(d, q.in_bits, q.in_scale, q.in_zp, limvals, mode, cfg.per_channel, bias=corrected)
+    log.info("optimize: %-8s bias correction: mean |mismatch| %.3g -> %.3g", d.name, np.abs(err).mean(),
+             np.abs(bias_error(q, mean_q_in, d_ref, mean_f_in)).mean())
+    return q
+
+
+def quantize_network(net: network.Network, calib: np.ndarray, cfg: OptimizeConfig) -> QNetwork:
+    """Calibrate `net` on `calib` and return its integer version, per `cfg` (see the module docstring)."""
+    config.check(cfg, [d.name for d in net.layers])
+    x, float_outs, ranges = calibration.statistics(net, calib, cfg)
+    in_scale, in_zp = arithmetic.choose_qparams(*cfg.input_range, 8)
+    in_scale = _f32(in_scale)
+    work = finetune.finetune(net, x, float_outs[-1], ranges, in_scale, in_zp, cfg) if cfg.optimization_level >= 2 else net
+    q_x = arithmetic.quantize(x, in_scale, in_zp, 8)
+    scale, zp, bits = in_scale, in_zp, 8
+    layers = []
+    for i, (d, limvals) in enumerate(zip(work.layers, ranges)):
+        mode = cfg.precision_of(d.name)
+        q = quantize_dense(d, bits, scale, zp, limvals, mode, cfg.per_channel)
+        if cfg.optimization_level >= 1:
+            mean_f_in = (x if i == 0 else float_outs[i - 1]).mean(axis=0, dtype=np.float64)
+            q = correct_bias(q, d, net.layers[i], q_x.mean(axis=0, dtype=np.float64), mean_f_in, limvals, mode, cfg)
+        log.info("optimize: %-8s %s  range [%.3f, %.3f]  scale %.5g  zp %d", d.name, mode, *limvals, q.out_scale, q.out_zp)
+        layers.append(q)
+        if i + 1 < len(work.layers):
+            q_x = run_layer(q, q_x)  # the engine's own output: what the next layer really receives
+        scale, zp, bits = q.out_scale, q.out_zp, q.out_bits
+    return QNetwork(net.name, net.input_shape, in_scale, in_zp, 8, tuple(cfg.input_range), layers)

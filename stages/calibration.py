@@ -1,0 +1,25 @@
+"""The calibration images optimize and analyze_noise share: `images(p, x_val)` picks them from the
+validation images as params.yaml's `calibration` section says (first N, or N drawn with a seed)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from hailopipe import data
+from hailopipe.quantization import calibration
+from stages.params import Params
+
+log = logging.getLogger("stages")
+
+
+def images(p: Params, x_val: np.ndarray) -> np.ndarray:
+    """The calibration images (NHWC float32) that params.yaml's `calibration` section selects."""
+    size = p.int("calibration.size", 1, len(x_val))
+    selection = p.choice("calibration.selection", calibration.SELECTIONS)
+    seed = p.int("calibration.seed", 0, 2**31 - 1)
+    idx = calibration.indices(len(x_val), size, selection, seed)
+    log.info("calibration: %d of %d validation images (%s%s)", size, len(x_val), selection,
+             f", seed {seed}" if selection == "random" else "")
+    return data.to_float(x_val[idx])
