@@ -30,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hailopipe.errors import PipelineError, run_main  # noqa: E402
-from hailopipe.fileio import write_bytes  # noqa: E402
+from hailopipe.errors import PipelineError, run_main
+from hailopipe.fileio import write_bytes
 
 log = logging.getLogger("calibration_sweep")
 OUT = "metrics/calibration_sweep.csv"

@@ -1,4 +1,4 @@
-"""Benchmark the integer engine against TensorFlow Lite's int8 interpreter, side by side (issue 3, Speed).
+"""Benchmark the integer engine against TensorFlow Lite's int8 interpreter, side by side.
 
     MNIST_NPZ=../shared/data/mnist.npz python bench/engine_speed.py [--nets 128x64,256x128,512x256]
         [--repeats 15] [--singles 1000] [--train-images 20000] [--epochs 1]
@@ -50,12 +50,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hailopipe import data, model  # noqa: E402
-from hailopipe.engine import Engine  # noqa: E402
-from hailopipe.formats import tflite  # noqa: E402
-from hailopipe.quantization import optimizer  # noqa: E402
+from hailopipe import data, model
+from hailopipe.engine import Engine
+from hailopipe.formats import tflite
+from hailopipe.quantization import optimizer
 from hailopipe.quantization.config import OptimizeConfig
-from tests.test_engine import reference  # noqa: E402  (the independent int64 reference)
+from tests.test_engine import reference  # (the independent int64 reference)
 
 CALIB = 2000  # calibration images: the first N validation images, as the pipeline's default
 SETTLE = 0.25  # seconds of pause before each side's round: the other side's worker threads spin idle a while

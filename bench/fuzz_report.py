@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests import test_fuzz, test_fuzz_data, test_fuzz_models  # noqa: E402
-from tests.fuzzing import MIN_CASES, fuzz  # noqa: E402
+from tests import test_fuzz, test_fuzz_data, test_fuzz_models
+from tests.fuzzing import MIN_CASES, fuzz
 
 FORMATS = {**test_fuzz.FORMATS, **test_fuzz_models.FORMATS, **test_fuzz_data.FORMATS}
 

@@ -32,10 +32,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for stages.optimize.config (the stage's params -> OptimizeConfig)
 
-from hailopipe import backends, data, evaluate  # noqa: E402
-from hailopipe.errors import PipelineError, run_main  # noqa: E402
-from stages import params  # noqa: E402
-from stages.optimize import config  # noqa: E402
+from hailopipe import backends, data, evaluate
+from hailopipe.errors import PipelineError, run_main
+from stages import params
+from stages.optimize import config
 
 
 def timed(label: str, times: dict, fn, *args):

@@ -1,4 +1,4 @@
-"""Benchmark the pipeline's targets (issue 2) in a temporary copy of this repo, and print them.
+"""Benchmark the pipeline's targets in a temporary copy of this repo, and print them.
 
     MNIST_NPZ=../shared/data/mnist.npz python bench/pipeline.py [--keep DIR]
 

@@ -19,7 +19,7 @@ Printed: accuracy on all 10,000 validation images (what the evaluate stage repor
 held-out ones, val[N:], which neither quantizer saw; then faithfulness to the float model, on the
 held-out validation images plus the 60,000 training images (seven times the images, so differences
 of a few predictions are less of a coin toss): how many predictions differ from the float model's,
-and the logit SNR (dB, as `hailopipe.noise`).  Column `L<level>+a16` is ours with the output layer
+and the logit SNR (dB, as `hailopipe.quantization.noise`).  Column `L<level>+a16` is ours with the output layer
 at a16_w16 (Hailo's usual remedy; not int8, so not part of the comparison).  The last line checks
 the default model (params.yaml's training and optimize settings): int8 accuracy >= float - 0.05 pp.
 TensorFlow is imported here, never by the pipeline's optimize stage.
@@ -42,12 +42,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hailopipe import data, evaluate, model  # noqa: E402
-from hailopipe.backends import emulator  # noqa: E402
-from hailopipe.errors import setup_logging  # noqa: E402
-from hailopipe.quantization import noise  # noqa: E402
-from stages import params  # noqa: E402
-from stages.optimize import config  # noqa: E402
+from hailopipe import backends, data, evaluate, model
+from hailopipe.errors import setup_logging
+from hailopipe.quantization import noise
+from stages import params
+from stages.optimize import config
 
 log = logging.getLogger("bench")
 LEVELS = (0, 1, 2)
@@ -93,10 +92,10 @@ def tflite_int8_logits(h5: Path, calib: np.ndarray, x: np.ndarray) -> np.ndarray
 def ours_logits(tfl: Path, calib: np.ndarray, x, cfg, work: Path) -> np.ndarray:
     """Logits (float32 streams) of the compiled model the pipeline builds (emulator backend)."""
     har, qhar, hef = work / "m.har", work / "mq.har", work / "m.hef"
-    emulator.parse(tfl, har, "mnist", "hailo8")
-    emulator.optimize(har, qhar, calib, cfg, "hailo8")
-    emulator.compile(qhar, hef, "hailo8")
-    return emulator.infer_compiled(hef, x)
+    backends.get("emulator", "parse").parse(tfl, har, "mnist", "hailo8")
+    backends.get("emulator", "optimize").optimize(har, qhar, calib, cfg, "hailo8")
+    backends.get("emulator", "compile").compile(qhar, hef, "hailo8")
+    return backends.get("emulator", "evaluate").infer_compiled(hef, x)
 
 
 def main() -> None:
@@ -129,13 +128,15 @@ def main() -> None:
         for tc, sizes in jobs.items():
             d = trained(tc, arrays, cache)
             fl = evaluate.tflite_logits(d / "model.tflite", x_all)
+            layers = [f"dense{i}" for i in range(1, len(tc.hidden) + 2)]
             for n in sizes:
+                cfg_n = config(p, n, layers, backends.get("emulator", "optimize").PRECISION_MODES)
                 calib = x[:n]
                 runs = {"TFLite": tflite_int8_logits(d / "model.h5", calib, x_all)}
                 for lv in LEVELS:
-                    cfg = replace(config(p, n), optimization_level=lv)
+                    cfg = replace(cfg_n, optimization_level=lv)
                     runs[f"ours L{lv}"] = ours_logits(d / "model.tflite", calib, x_all, cfg, Path(tmp))
-                out16 = replace(config(p, n), precision={**config(p, n).precision, f"dense{len(tc.hidden) + 1}": "a16_w16"})
+                out16 = replace(cfg_n, precision={**cfg_n.precision, layers[-1]: "a16_w16"})
                 runs[f"L{default_level}+a16"] = ours_logits(d / "model.tflite", calib, x_all, out16, Path(tmp))
                 rows.append((tc, n, fl, runs))
                 log.info("bench: %s N=%d done (%.0f s)", "-".join(map(str, tc.hidden)), n, time.time() - t0)

@@ -45,14 +45,14 @@ def _emit_json(obj) -> None:
 
 # --- parse-hef / parse-har -------------------------------------------------------------------
 
-def parse_hef(args) -> None:
-    from hailopipe.formats import parse_hef as hef_text
+def describe_hef(args) -> None:
+    from hailopipe.formats import parse_hef
 
-    info, compiled = hef_text.read(args.file)
+    info, compiled = parse_hef.read(args.file)
     if args.json:
-        _emit_json({**hef_text.to_json(info), "compile_report": compiled.report if compiled else None})
+        _emit_json({**parse_hef.to_json(info), "compile_report": compiled.report if compiled else None})
         return
-    text = hef_text.describe(info)
+    text = parse_hef.describe(info)
     if compiled:
         first, rest = text.split("\n", 1)
         print(f"Emulated HEF: {args.file} (hailopipe compiled file v{info.header_version}, {info.checksum}); "
@@ -80,7 +80,8 @@ def _har_summary(h) -> dict:
         if q is not None:
             layer = q.layers[i]
             entry["quantization"] = {
-                "precision_mode": f"a{layer.out_bits}_w{layer.w_bits}", "weight_scale": [float(layer.w_scale.min()), float(layer.w_scale.max())],
+                "precision_mode": f"a{layer.out_bits}_w{layer.w_bits}",
+                "weight_scale": [float(layer.w_scale.min()), float(layer.w_scale.max())],
                 "per_channel": bool(np.unique(layer.w_scale).size > 1), "output_scale": layer.out_scale,
                 "output_zero_point": layer.out_zp, "calibrated_range": list(layer.limvals)}
         layers.append(entry)
@@ -94,7 +95,7 @@ def _har_summary(h) -> dict:
             "model_script": meta.get("model_script")}
 
 
-def parse_har(args) -> None:
+def describe_har(args) -> None:
     from hailopipe.formats import har
 
     s = _har_summary(har.load(args.file))
@@ -249,7 +250,8 @@ def benchmark(args) -> None:
     hef = HEF(args.file)
     _ = hef.qnet  # a real HEF stops here, before any output: it needs a Hailo device
     quiet = bool(args.json or args.csv)
-    phases = [("raw", args.batch_size, FormatType.AUTO, f"Measuring FPS with raw frames (batch size {args.batch_size})"),
+    phases = [("raw", args.batch_size, FormatType.AUTO,
+               f"Measuring FPS with raw frames (batch size {args.batch_size})"),
               ("float32", args.batch_size, FormatType.FLOAT32,
                f"Measuring FPS with FLOAT32 frames, host conversions included (batch size {args.batch_size})"),
               ("latency", 1, FormatType.AUTO, "Measuring latency with raw frames (batch size 1)")]
@@ -295,13 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "groups, input/output vstreams with format, order, shape and quantization.")
     s.add_argument("file", help="compiled file (.hef)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
-    s.set_defaults(func=parse_hef)
+    s.set_defaults(func=describe_hef)
 
     s = sub.add_parser("parse-har", help="describe a HAR", description="State, layers, shapes, parameter "
                        "counts and per-layer quantization (precision mode, scales, zero points, calibrated ranges).")
     s.add_argument("file", help="Hailo archive (.har)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
-    s.set_defaults(func=parse_har)
+    s.set_defaults(func=describe_har)
 
     s = sub.add_parser("infer", help="classify digit images",
                        description="Classify PNG/JPEG/NPY digit images of any size, grayscale or colour, prepared "

@@ -67,7 +67,8 @@ def _download(dest: Path) -> None:
                 h.update(block)
                 f.write(block)
             if h.hexdigest() != MNIST_FILE_SHA256:
-                raise PipelineError(f"{MNIST_URL}: sha256 {h.hexdigest()} differs from the official {MNIST_FILE_SHA256}")
+                raise PipelineError(f"{MNIST_URL}: sha256 {h.hexdigest()} differs from the official "
+                                    f"{MNIST_FILE_SHA256}")
     except OSError as exc:
         raise PipelineError(
             f"{MNIST_URL}: download failed ({exc}); without internet set MNIST_NPZ=<path to a local mnist.npz>"

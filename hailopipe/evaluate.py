@@ -40,7 +40,8 @@ def confusion(pred: np.ndarray, labels: np.ndarray, classes: int = 10) -> np.nda
     return m
 
 
-def evaluate(backend, tflite_path, har_path, qhar_path, hef_path, x: np.ndarray, y: np.ndarray) -> tuple[dict, np.ndarray]:
+def evaluate(backend, tflite_path, har_path, qhar_path, hef_path, x: np.ndarray,
+             y: np.ndarray) -> tuple[dict, np.ndarray]:
     """Metrics dict and the compiled model's predictions."""
     c = backend.infer_compiled(hef_path, x)  # first: without a device (hailo backend) fail before the rest
     fl = tflite_logits(tflite_path, x)
@@ -56,8 +57,9 @@ def evaluate(backend, tflite_path, har_path, qhar_path, hef_path, x: np.ndarray,
         "parse": {"max_abs_logit_diff": float(np.abs(har_fl - fl).max())},
         "images": int(len(y)),
         "confusion": confusion(pred, y).tolist(),
-        "size_bytes": {name: os.path.getsize(p) for name, p in
-                       (("tflite", tflite_path), ("har", har_path), ("quantized_har", qhar_path), ("compiled", hef_path))},
+        "size_bytes": {name: os.path.getsize(p) for name, p in (("tflite", tflite_path), ("har", har_path),
+                                                                 ("quantized_har", qhar_path), ("compiled", hef_path))},
     }
-    metrics["compiled"]["drop_vs_float_pp"] = round(100 * (metrics["float"]["accuracy"] - metrics["compiled"]["accuracy"]), 4)
+    drop = metrics["float"]["accuracy"] - metrics["compiled"]["accuracy"]
+    metrics["compiled"]["drop_vs_float_pp"] = round(100 * drop, 4)
     return metrics, pred

@@ -58,7 +58,8 @@ def _read_image(path: str) -> tuple[np.ndarray, np.ndarray | None]:
                     return np.asarray(im, np.float64) / 65535.0, None
                 if "A" in im.getbands() or "transparency" in im.info:
                     rgba = im.convert("RGBA")
-                    return np.asarray(rgba.convert("L"), np.float64) / 255.0, np.asarray(rgba, np.float64)[..., 3] / 255.0
+                    alpha = np.asarray(rgba, np.float64)[..., 3] / 255.0
+                    return np.asarray(rgba.convert("L"), np.float64) / 255.0, alpha
                 return np.asarray(im.convert("L"), np.float64) / 255.0, None
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning, OSError,
             ValueError, SyntaxError) as exc:

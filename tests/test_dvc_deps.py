@@ -126,7 +126,8 @@ def load():
 def test_every_stage_lists_the_code_it_runs(backend):
     dvc_yaml, params = load()
     params["backend"] = backend
-    assert missing(dvc_yaml, params) == []
+    problems = missing(dvc_yaml, params)
+    assert not problems, "\n" + "\n".join(problems)
 
 
 @pytest.mark.parametrize("backend", backends.NAMES)
@@ -142,9 +143,11 @@ def test_no_stage_depends_on_a_backend_it_does_not_run(backend):
 def test_every_dep_exists_and_dvc_resolves_them_the_same():
     dvc_yaml, params = load()
     lock = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
+    produced = {next(iter(o)) if isinstance(o, dict) else o
+                for stage in dvc_yaml["stages"].values() for kind in ("outs", "metrics") for o in stage.get(kind, [])}
     for stage, (_, deps) in stage_deps(dvc_yaml, params).items():
         for d in deps:
-            assert (ROOT / d).exists(), f"stage {stage}: dep {d} does not exist"
+            assert (ROOT / d).exists() or covered(d, sorted(produced)), f"stage {stage}: dep {d} does not exist"
         assert sorted(d["path"] for d in lock[stage]["deps"]) == sorted(deps), f"stage {stage}: dvc.lock is stale"
 
 
@@ -164,7 +167,8 @@ def test_the_check_fails_naming_the_stage_and_module(tmp_path):
     broken = copy.deepcopy(dvc_yaml)
     broken["stages"]["optimize"]["deps"].remove("hailopipe/quantization")
     problems = missing(broken, params)
-    assert problems and all(p.startswith("stage optimize (backend emulator): hailopipe/quantization/") for p in problems)
+    prefix = "stage optimize (backend emulator): hailopipe/quantization/"
+    assert problems and all(p.startswith(prefix) for p in problems)
     assert "stage optimize (backend emulator): hailopipe/quantization/optimizer.py is run but not in its deps" \
         in problems
 
@@ -178,7 +182,8 @@ def test_the_check_fails_naming_the_stage_and_module(tmp_path):
     (root / "hailopipe/engine/_qkernel.c").write_text("")
     (root / "hailopipe/formats/extra.py").write_text("X = 1\n")
     har = root / "hailopipe/formats/har.py"
-    har.write_text(har.read_text() + "\n\ndef _uses_extra():\n    from hailopipe.formats import extra\n    return extra.X\n")
+    har.write_text(har.read_text() + "\n\ndef _uses_extra():\n"
+                   "    from hailopipe.formats import extra\n    return extra.X\n")
     files_only = copy.deepcopy(dvc_yaml)
     deps = files_only["stages"]["parse"]["deps"]
     deps.remove("hailopipe/formats")

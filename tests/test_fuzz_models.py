@@ -22,8 +22,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from hailopipe.formats import ehef, tflite
-from hailopipe.formats import hailo_hef
+from hailopipe.formats import ehef, hailo_hef, tflite
 from hailopipe.formats.hef_schema import MESSAGES
 from tests.conftest import random_network
 from tests.fuzzing import (

@@ -1,4 +1,5 @@
-"""Tests for hailopipe.formats.hailo_hef (and its schema, hef_schema) on a real Hailo-8 HEF (DFC 3.27.0) and on broken copies of it."""
+"""Tests for hailopipe.formats.hailo_hef (and its schema, hef_schema) on a real Hailo-8 HEF (DFC 3.27.0)
+and on broken copies of it."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import pytest
 import xxhash
 
 from hailopipe.formats.hailo_hef import MAGIC, HefFormatError, is_hailo_hef, main, read
+from hailopipe.formats.hef_schema import MESSAGES
 from hailopipe.formats.parse_hef import describe
 from hailopipe.formats.streams import FormatOrder, FormatType, HefInfo
-from hailopipe.formats.hef_schema import MESSAGES
 
 REAL_HEF = Path(__file__).resolve().parents[1].parent / "shared/data/hef/mnist_cnn.hef"
 

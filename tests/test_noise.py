@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from hailopipe.engine import Engine, run_layer
 from hailopipe.backends.emulator import noise as emulator_noise
+from hailopipe.engine import Engine, run_layer
 from hailopipe.formats import har
 from hailopipe.quantization import arithmetic, noise, optimizer
 from hailopipe.quantization.config import OptimizeConfig

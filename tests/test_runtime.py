@@ -1,5 +1,5 @@
-"""The HailoRT-shaped runtime API (hailopipe.runtime and hailopipe.streams): queries on emulated and
-real HEFs, the legacy (InferVStreams) and InferModel flows against the integer engine, and every
+"""The HailoRT-shaped runtime API (hailopipe.runtime, on the records of hailopipe.formats.streams):
+queries on emulated and real HEFs, the legacy (InferVStreams) and InferModel flows against the integer engine, and every
 kind of misuse raising HailoRTException."""
 
 import numpy as np

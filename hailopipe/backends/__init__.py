@@ -32,7 +32,8 @@ STEPS = ("parse", "optimize", "compile", "noise", "evaluate")
 def module_name(name: str, step: str) -> str:
     """The module that runs `step` on backend `name`."""
     if name not in NAMES or step not in STEPS:
-        raise ValueError(f"no backend {name!r} (one of {', '.join(NAMES)}) or step {step!r} (one of {', '.join(STEPS)})")
+        raise ValueError(f"no backend {name!r} (one of {', '.join(NAMES)}) or step {step!r} "
+                         f"(one of {', '.join(STEPS)})")
     return f"hailopipe.backends.emulator.{step}" if name == "emulator" else "hailopipe.backends.hailo"
 
 

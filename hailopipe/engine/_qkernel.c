@@ -1,7 +1,7 @@
 /* The integer engine's x86-64 AVX2 kernel: a chain of quantized Dense layers, bit-exact.
  *
- * Built and loaded by hailopipe/engine.py (which compiles this file with the system C compiler on
- * first use and caches the shared library); the math is derived in hailopipe/quant.py.  Per layer,
+ * Built and loaded by hailopipe/engine/native.py (which compiles this file with the system C compiler on
+ * first use and caches the shared library); the math is derived in hailopipe/quantization/arithmetic.py.  Per layer,
  * with x[k] = q_x[k] - s the stored input (s = z_x for 8-bit inputs, 0 for 16-bit ones, see below):
  *
  *     acc[c] = b[c] + sum_k x[k] q_w[k, c],   b[c] = q_b[c] - (z_x - s) sum_k q_w[k, c]   (3), in int32

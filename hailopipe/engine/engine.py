@@ -129,8 +129,8 @@ class Engine:
             sub = _offset(layers[i + 1]) if i + 1 < len(layers) else 0  # the stored output is q_y - sub
             K, C = layer.kernel.shape
             pointers = (p[k].ctypes.data for k in ("w", "bias", "m0", "rnd", "shift"))
-            self._structs[i] = native.QkLayer(K, C, Kp, len(p["bias"]), *pointers, layer.out_zp - sub, lo - sub, hi - sub,
-                                        _offset(layer))
+            self._structs[i] = native.QkLayer(K, C, Kp, len(p["bias"]), *pointers, layer.out_zp - sub, lo - sub,
+                                              hi - sub, _offset(layer))
             Kp = len(p["bias"])
         self._structs_ptr = ctypes.addressof(self._structs)
 
@@ -139,9 +139,11 @@ class Engine:
         for layer in self.qnet.layers:
             bound = -arithmetic.qrange(layer.in_bits)[0] * int(_abs_colsum(layer).max(initial=0))
             if bound >= F64_EXACT:
-                raise PipelineError(f"layer {layer.name}: accumulator bound 2^{bound.bit_length()} is beyond exact float64")
+                raise PipelineError(f"layer {layer.name}: accumulator bound 2^{bound.bit_length()} is beyond "
+                                    "exact float64")
             ftype = np.float32 if bound < F32_EXACT else np.float64
-            self._layers.append((layer.kernel.astype(ftype), arithmetic.fold_zero_point(layer.bias, layer.kernel, layer.in_zp), layer, *_clamp_range(layer)))
+            bias_eff = arithmetic.fold_zero_point(layer.bias, layer.kernel, layer.in_zp)
+            self._layers.append((layer.kernel.astype(ftype), bias_eff, layer, *_clamp_range(layer)))
 
     def _rows(self, a, dtype: np.dtype, what: str) -> np.ndarray:
         """`a` as contiguous rows [N, K] of `dtype`, or a PipelineError saying what is wrong."""
@@ -155,7 +157,8 @@ class Engine:
             a = a.astype(dtype)
         k = math.prod(a.shape[1:]) if a.ndim >= 1 else -1
         if k != self.in_features:
-            raise PipelineError(f"engine {what}: shape {list(a.shape)}, expected [N, ...] with {self.in_features} values per row")
+            raise PipelineError(f"engine {what}: shape {list(a.shape)}, expected [N, ...] with {self.in_features} "
+                                "values per row")
         return np.ascontiguousarray(a.reshape(len(a), k))
 
     def _out(self, out, n: int, dtype: np.dtype) -> np.ndarray:

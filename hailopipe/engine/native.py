@@ -58,7 +58,8 @@ def _build(cache: Path) -> Path:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
         os.close(fd)
         try:
-            subprocess.run([cc, *CFLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, text=True, timeout=300)
+            subprocess.run([cc, *CFLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, text=True,
+                           timeout=300)
             os.replace(tmp, lib)  # atomic: concurrent builders each rename a complete file
         finally:
             if os.path.exists(tmp):

@@ -27,12 +27,14 @@ def to_arrays(q: QNetwork) -> dict[str, np.ndarray]:
     for layer in q.layers:
         p = f"{q.name}/{layer.name}/"
         out.update({
-            p + "kernel:0": layer.kernel, p + "bias:0": layer.bias.astype(np.int64), p + "weight_scale:0": layer.w_scale,
+            p + "kernel:0": layer.kernel, p + "bias:0": layer.bias.astype(np.int64),
+            p + "weight_scale:0": layer.w_scale,
             p + "input_scale:0": np.float32(layer.in_scale), p + "input_zero_point:0": np.int32(layer.in_zp),
             p + "output_scale:0": np.float32(layer.out_scale), p + "output_zero_point:0": np.int32(layer.out_zp),
             p + "output_multiplier:0": layer.m0, p + "output_shift:0": layer.shift,
             p + "input_activation_bits:0": np.uint8(layer.in_bits), p + "weight_bits:0": np.uint8(layer.w_bits),
-            p + "output_activation_bits:0": np.uint8(layer.out_bits), p + "limvals:0": np.array(layer.limvals, np.float32)})
+            p + "output_activation_bits:0": np.uint8(layer.out_bits),
+            p + "limvals:0": np.array(layer.limvals, np.float32)})
     return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -100,8 +102,8 @@ def from_arrays(arrays: dict[str, np.ndarray], net: Network, source: str) -> QNe
         _check_qp(source, p + "output", layer.out_scale, layer.out_zp, out_bits)
         if not (layer.w_scale > 0).all() or layer.m0.min() <= 0 or layer.shift.min() < 1 or layer.shift.max() > 62:
             raise PipelineError(f"{source}: {p}: weight scales, multipliers or shifts out of range")
-        if arithmetic.multiplier_bits(kernel, arithmetic.fold_zero_point(layer.bias, kernel, layer.in_zp), layer.in_bits) < int(
-                layer.m0.max()).bit_length():
+        bias_eff = arithmetic.fold_zero_point(layer.bias, kernel, layer.in_zp)
+        if arithmetic.multiplier_bits(kernel, bias_eff, layer.in_bits) < int(layer.m0.max()).bit_length():
             raise PipelineError(f"{source}: {p}output_multiplier:0 too wide: the accumulator product could overflow")
         layers.append(layer)
         prev_bits, prev_scale, prev_zp = out_bits, layer.out_scale, layer.out_zp

@@ -45,8 +45,8 @@ m0 an integer in [2^30, 2^31) and e >= 1 (see `quantize_multiplier`), and
     round(M acc) = (acc * m0 + 2^(e-1)) >> e       (arithmetic shift; rounds half up)   (5)
 
 which is exact in 64-bit integers since |acc| < 2^31 and m0 < 2^31.  (A 16-bit layer's accumulator
-is wider; its m0 gets fewer bits, from a bound on |acc| over all inputs, so the product still fits.)  A fused ReLU is the clamp's
-lower bound raised to z_y (the quantized 0); with the range widened to contain 0, a ReLU output has
+is wider; its m0 gets fewer bits, from a bound on |acc| over all inputs, so the product still fits.)  A fused
+ReLU is the clamp's lower bound raised to z_y (the quantized 0); with the range widened to contain 0, a ReLU output has
 lo = 0 and z_y = qmin, so the clamp alone implements it.
 
 Precision modes (Hailo's `precision_mode`): `a8_w8` (default) and `a16_w16`, i.e. the activation

@@ -35,7 +35,8 @@ def indices(n: int, size: int, selection: str = "first", seed: int = 0) -> np.nd
 def check_images(net: network.Network, calib: np.ndarray) -> None:
     """PipelineError unless `calib` is a non-empty, finite NHWC batch of the network's input shape."""
     if calib.ndim != 4 or calib.shape[1:] != net.input_shape or len(calib) == 0:
-        raise PipelineError(f"calibration data has shape {list(calib.shape)}, expected [N, {', '.join(map(str, net.input_shape))}]")
+        raise PipelineError(f"calibration data has shape {list(calib.shape)}, "
+                            f"expected [N, {', '.join(map(str, net.input_shape))}]")
     if not np.isfinite(calib).all():
         raise PipelineError("calibration data contains NaN or inf")
 

@@ -59,6 +59,7 @@ def check(cfg: OptimizeConfig, layer_names: list[str]) -> None:
         raise PipelineError(f"clipping_mode must be one of {', '.join(CLIPPING_MODES)}, got {cfg.clipping_mode!r}")
     lo, hi = cfg.clipping_values
     if not 0.0 <= lo < hi <= 100.0:
-        raise PipelineError(f"clipping_values must be percentiles [low, high] with 0 <= low < high <= 100, got {[lo, hi]}")
+        raise PipelineError(f"clipping_values must be percentiles [low, high] with 0 <= low < high <= 100, "
+                            f"got {[lo, hi]}")
     if not cfg.input_range[0] < cfg.input_range[1]:
         raise PipelineError(f"input_range must be [low, high] with low < high, got {list(cfg.input_range)}")

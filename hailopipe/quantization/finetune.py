@@ -68,5 +68,6 @@ def finetune(net: network.Network, x: np.ndarray, teacher: np.ndarray, ranges, i
                     v[...] = b2 * v + (1 - b2) * grad**2
                     params[i][j] -= ft.learning_rate * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
         log.info("optimize: finetune epoch %d/%d  distillation MSE %.5g", epoch + 1, ft.epochs, np.mean(losses))
-    layers = [replace(dense, kernel=w.astype(np.float32), bias=b.astype(np.float32)) for dense, (w, b) in zip(net.layers, params)]
+    layers = [replace(dense, kernel=w.astype(np.float32), bias=b.astype(np.float32))
+              for dense, (w, b) in zip(net.layers, params)]
     return replace(net, layers=layers)

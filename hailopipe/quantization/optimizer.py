@@ -97,7 +97,9 @@ def quantize_network(net: network.Network, calib: np.ndarray, cfg: OptimizeConfi
     x, float_outs, ranges = calibration.statistics(net, calib, cfg)
     in_scale, in_zp = arithmetic.choose_qparams(*cfg.input_range, 8)
     in_scale = _f32(in_scale)
-    work = finetune.finetune(net, x, float_outs[-1], ranges, in_scale, in_zp, cfg) if cfg.optimization_level >= 2 else net
+    work = net
+    if cfg.optimization_level >= 2:
+        work = finetune.finetune(net, x, float_outs[-1], ranges, in_scale, in_zp, cfg)
     q_x = arithmetic.quantize(x, in_scale, in_zp, 8)
     scale, zp, bits = in_scale, in_zp, 8
     layers = []
@@ -107,7 +109,8 @@ def quantize_network(net: network.Network, calib: np.ndarray, cfg: OptimizeConfi
         if cfg.optimization_level >= 1:
             mean_f_in = (x if i == 0 else float_outs[i - 1]).mean(axis=0, dtype=np.float64)
             q = correct_bias(q, d, net.layers[i], q_x.mean(axis=0, dtype=np.float64), mean_f_in, limvals, mode, cfg)
-        log.info("optimize: %-8s %s  range [%.3f, %.3f]  scale %.5g  zp %d", d.name, mode, *limvals, q.out_scale, q.out_zp)
+        log.info("optimize: %-8s %s  range [%.3f, %.3f]  scale %.5g  zp %d", d.name, mode, *limvals, q.out_scale,
+                 q.out_zp)
         layers.append(q)
         if i + 1 < len(work.layers):
             q_x = run_layer(q, q_x)  # the engine's own output: what the next layer really receives

@@ -48,7 +48,8 @@ class HEF:
     def qnet(self):
         if self.compiled is None:
             raise RealHefError(
-                f"{self.path or '<bytes>'}: is a real Hailo HEF (for {', '.join(self.info.compatible_archs)}): running it "
+                f"{self.path or '<bytes>'}: is a real Hailo HEF (for {', '.join(self.info.compatible_archs)}): "
+                "running it "
                 "needs a Hailo device and HailoRT (hailo_platform); `hailopipe parse-hef` can describe it")
         return self.compiled.qnet
 

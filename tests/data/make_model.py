@@ -21,13 +21,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
 
-from hailopipe import data, model  # noqa: E402
-from hailopipe.engine import Engine  # noqa: E402
+from hailopipe import data, model
+from hailopipe.engine import Engine
 from hailopipe.formats import (
-    ehef,  # noqa: E402
-    tflite,  # noqa: E402
+    ehef,
+    tflite,
 )
-from hailopipe.quantization import optimizer  # noqa: E402
+from hailopipe.quantization import optimizer
 from hailopipe.quantization.config import OptimizeConfig
 
 OUT = HERE / "mnist_128x64.hef"

@@ -1,7 +1,8 @@
 """Shared parts of the test stand-in for Hailo's SDK (tests only; never a backend).
 
 `tests/fake_hailo` holds fake `hailo_sdk_client` (Dataflow Compiler) and `hailo_platform`
-(HailoRT) packages with the documented API surface (reference doc sections 1 and 4).  Tests put
+(HailoRT) packages with the documented API surface (the DFC's ClientRunner and HailoRT's
+hailo_platform as public code calls them).  Tests put
 this folder on sys.path (or PYTHONPATH for stage subprocesses); nothing in hailopipe imports it.
 
 - `record(call, **details)`: every fake API call is appended to `CALLS` and, when
@@ -10,7 +11,7 @@ this folder on sys.path (or PYTHONPATH for stage subprocesses); nothing in hailo
   $FAKE_HAILO_DFC_VERSION (default 3.27.0), $FAKE_HAILORT_VERSION (4.22.0),
   $FAKE_HAILO_DEVICES (comma-separated device ids; default none), $FAKE_HAILO_GPU=1 (a GPU).
 - `build_hef` / `read_hef`: the fake compiler's HEF is a real-format v1 HEF (magic 01 48 45 46,
-  protobuf header and vstream edges that `hailopipe.hailo_hef` reads) whose trailing section
+  protobuf header and vstream edges that `hailopipe.formats.hailo_hef` reads) whose trailing section
   carries the emulator's compiled file and the input normalization, so the fake HailoRT can
   compute plausible outputs with hailopipe's own engine.
 """

@@ -193,9 +193,10 @@ def optimize(har_path, out_har_path, calib: np.ndarray, cfg: OptimizeConfig, hw_
     raw = _pixels(calib, net.input_shape, "calibration data")
     ranges = calibration.ranges(net, calib, sdk_cfg) if sdk_cfg.clipping_mode == "mse" else None
     lines = model_script.render(net, sdk_cfg, ranges).splitlines()
-    notes = [line.lstrip("# ") for line in lines if line.lstrip().startswith("#")]  # comments: not documented SDK syntax
+    # comments are not documented SDK syntax: they are reported, not sent
+    notes = [line.lstrip("# ") for line in lines if line.lstrip().startswith("#")]
     script = "".join(f"{line}\n" for line in lines if line.strip() and not line.lstrip().startswith("#"))
-    _check_normalization(script, "the model script from params.yaml")
+    _check_normalization(script, "the generated model script")
     with hailo_sdk.sdk_call(f"{har_path}: load_model_script refused the generated script"):
         runner.load_model_script(script)
     with hailo_sdk.sdk_warnings() as records, hailo_sdk.sdk_call(f"{har_path}: runner.optimize failed"):

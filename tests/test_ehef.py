@@ -93,7 +93,8 @@ def test_stream_records_are_the_description(compiled, fitted_qnet):
     """The JSON records and the HefInfo the runtime reports say the same."""
     m = ehef.load(compiled)
     (i,), (o,) = m.info.network_groups[0].inputs, m.info.network_groups[0].outputs
-    assert (i.name, i.format.type.name, i.format.order.name, i.shape) == ("net/input_layer1", "UINT8", "NHWC", (28, 28, 1))
+    assert (i.name, i.format.type.name, i.format.order.name, i.shape) == \
+        ("net/input_layer1", "UINT8", "NHWC", (28, 28, 1))
     assert (o.name, o.format.order.name, o.shape, o.quant_info.qp_zp) == \
         ("net/dense3", "NC", (10,), float(fitted_qnet.output.out_zp + 128))
 
