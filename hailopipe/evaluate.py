@@ -1,10 +1,14 @@
 """The evaluate step: accuracy of the float, quantized and compiled models on the validation set.
 
-(a) float: the exported TFLite model run by LiteRT (no TensorFlow import);
+(a) float: the exported TFLite model run by LiteRT's reference kernels (no TensorFlow import);
 (b) quantized: the quantized HAR emulated by the backend (SDK_QUANTIZED);
 (c) compiled: the compiled file run through the runtime with float32 streams.
 Also: the confusion matrix of (c), how many predictions (b) and (c) disagree on (0 for a faithful
 compile), the float HAR against the TFLite logits (a check of the parser), and artefact sizes.
+
+Every figure is the same on any CPU: LiteRT runs its reference kernels (plain loops in a fixed
+order; XNNPACK's kernels, its default, pick the instruction set at run time and so the last bits),
+and the backend's native view of the HAR sums its products exactly (`network.forward`).
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ log = logging.getLogger(__name__)
 
 
 def tflite_logits(path, x: np.ndarray) -> np.ndarray:
-    """Run the float TFLite model on NHWC float32 `x` with LiteRT."""
-    from ai_edge_litert.interpreter import Interpreter
+    """Run the float TFLite model on NHWC float32 `x` with LiteRT's reference kernels."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    interp = Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1)
+    interp = Interpreter(model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
     inp = interp.get_input_details()[0]
     interp.resize_tensor_input(inp["index"], list(x.shape))
     interp.allocate_tensors()

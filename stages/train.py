@@ -17,6 +17,7 @@ def main() -> None:
     p = params.load()
     from hailopipe import model
 
+    model.pin_cpu()  # before TensorFlow is imported: the same trained bytes on any x86-64 CPU
     cfg = model.TrainConfig(
         hidden=tuple(p.int_list("train.hidden", lo=1, hi=8192)),
         activation=p.choice("train.activation", ("relu",)),

@@ -12,8 +12,8 @@ from hailopipe.runtime import HEF, InferModel
 
 
 def infer_native(har_path, x: np.ndarray) -> np.ndarray:
-    """The parsed float model (SDK_NATIVE): float32 logits of the HAR's network."""
-    return network.forward(har.load(har_path, expect_state="hailo_model").net, x, exact=False)
+    """The parsed float model (SDK_NATIVE): float32 logits of the HAR's network, the same bits on any CPU."""
+    return network.forward(har.load(har_path, expect_state="hailo_model").net, x)
 
 
 def infer_quantized(har_path, x: np.ndarray) -> np.ndarray:
