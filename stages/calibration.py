@@ -14,12 +14,16 @@ from stages.params import Params
 log = logging.getLogger("stages")
 
 
+def selection(p: Params, n: int) -> tuple[int, str, int]:
+    """(size, selection, seed) of params.yaml's `calibration` section, checked for `n` images."""
+    return (p.int("calibration.size", 1, n), p.choice("calibration.selection", calibration.SELECTIONS),
+            p.int("calibration.seed", 0, 2**31 - 1))
+
+
 def images(p: Params, x_val: np.ndarray) -> np.ndarray:
     """The calibration images (NHWC float32) that params.yaml's `calibration` section selects."""
-    size = p.int("calibration.size", 1, len(x_val))
-    selection = p.choice("calibration.selection", calibration.SELECTIONS)
-    seed = p.int("calibration.seed", 0, 2**31 - 1)
-    idx = calibration.indices(len(x_val), size, selection, seed)
-    log.info("calibration: %d of %d validation images (%s%s)", size, len(x_val), selection,
-             f", seed {seed}" if selection == "random" else "")
+    size, selection_, seed = selection(p, len(x_val))
+    idx = calibration.indices(len(x_val), size, selection_, seed)
+    log.info("calibration: %d of %d validation images (%s%s)", size, len(x_val), selection_,
+             f", seed {seed}" if selection_ == "random" else "")
     return data.to_float(x_val[idx])

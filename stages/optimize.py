@@ -20,18 +20,18 @@ log = logging.getLogger("stages.optimize")
 HAR, DATA, OUT = "models/mnist.har", "data/mnist.npz", "models/mnist_quantized.har"
 
 
-def config(p: params.Params, calib_size: int, layers: list[str], modes) -> OptimizeConfig:
+def config(p: params.Params, calib_size: int, layers: list[str] | None, modes) -> OptimizeConfig:
     """The OptimizeConfig params.yaml asks for, every value checked (precision against the network's
-    `layers` and the backend's `modes`)."""
+    `layers` and the backend's `modes`, each unless None)."""
     ft = FinetuneConfig(epochs=p.int("optimize.finetune.epochs", 1, 1000),
                         learning_rate=p.float("optimize.finetune.learning_rate", 1e-9, 1.0),
                         batch_size=p.int("optimize.finetune.batch_size", 1, 100000))
     precision = p.mapping("optimize.precision")
-    unknown = sorted(set(precision) - set(layers))
+    unknown = sorted(set(precision) - set(layers)) if layers is not None else []
     if unknown:
         raise p.fail("optimize.precision", f"names unknown layer(s) {unknown}; layers are {layers}", precision)
     for name, mode in precision.items():
-        if mode not in modes:
+        if modes is not None and mode not in modes:
             raise p.fail(f"optimize.precision.{name}", f"must be a precision mode, one of {', '.join(modes)}", mode)
     clipping_values = p.float_pair("optimize.activation_clipping.clipping_values")
     if not 0.0 <= clipping_values[0] < clipping_values[1] <= 100.0:

@@ -12,11 +12,15 @@ log = logging.getLogger("stages.parse")
 MODEL, OUT = "models/float/model.tflite", "models/mnist.har"
 
 
+def net_name(p: params.Params) -> str:
+    return p.str("parse.net_name", r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
 def main() -> None:
     p = params.load()
     backend = shared.backend(p, "parse")
-    net_name = p.str("parse.net_name", r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-    summary = backend.parse(MODEL, OUT, net_name, p.hw_arch())
+    net_name_ = net_name(p)
+    summary = backend.parse(MODEL, OUT, net_name_, p.hw_arch())
     log.info("parse: %s -> %s (%s backend, %s): %s; %d params", MODEL, OUT, p.str("backend"), p.hw_arch(),
              ", ".join(summary["layers"]), summary["params"])
 

@@ -13,12 +13,11 @@ log = logging.getLogger("stages.train")
 DATA, OUT_DIR, LIVE_DIR = "data/mnist.npz", "models/float", "metrics/train"
 
 
-def main() -> None:
-    p = params.load()
+def config(p: params.Params):
+    """The TrainConfig params.yaml asks for, every value checked."""
     from hailopipe import model
 
-    model.pin_cpu()  # before TensorFlow is imported: the same trained bytes on any x86-64 CPU
-    cfg = model.TrainConfig(
+    return model.TrainConfig(
         hidden=tuple(p.int_list("train.hidden", lo=1, hi=8192)),
         activation=p.choice("train.activation", ("relu",)),
         dropout=p.float("train.dropout", 0.0, 0.9),
@@ -26,6 +25,14 @@ def main() -> None:
         batch_size=p.int("train.batch_size", 1, 60000),
         learning_rate=p.float("train.learning_rate", 1e-7, 10.0),
         seed=p.int("train.seed", 0, 2**31 - 1))
+
+
+def main() -> None:
+    p = params.load()
+    from hailopipe import model
+
+    model.pin_cpu()  # before TensorFlow is imported: the same trained bytes on any x86-64 CPU
+    cfg = config(p)
     arrays = data.load_split(DATA)
     log.info("train: %s on %d images, %d epochs, batch %d", "-".join(map(str, (784, *cfg.hidden, 10))),
              len(arrays["y_train"]), cfg.epochs, cfg.batch_size)

@@ -3,9 +3,9 @@
 A stage's import closure is its `python -m stages.<name>` module and every project module it
 imports, transitively: every `import` / `from ... import` statement of each module, including
 those inside functions (a lazy import still runs), plus the package `__init__` of each module, plus
-the backend step module the stage asks `stages.params.backend(p, "<step>")` for (resolved by
-`hailopipe.backends.module_name`, the seam's own rule), plus the data files a module reads
-(`DATA_FILES`).  The closure must be covered by the stage's deps, each a file or a folder above
+the backend step module the stage's `main()` asks `stages.shared.backend(p, "<step>")` for (resolved
+by `hailopipe.backends.module_name`, the seam's own rule; the check that such calls stand only in a
+stage's `main()` is below), plus the data files a module reads (`DATA_FILES`).  The closure must be covered by the stage's deps, each a file or a folder above
 it, with `${...}` resolved from params.yaml the way DVC resolves it, for each backend.  A module
 that a stage runs but does not list would leave its outputs stale after a change: the test fails
 naming the stage and the module.  In the other direction a stage must not depend on a backend it
@@ -41,11 +41,23 @@ def module_file(name: str, root: Path = ROOT) -> str | None:
     return None
 
 
+def backend_calls(tree: ast.Module) -> list[tuple[ast.Call, str]]:
+    """(call, enclosing top-level function) of every `<x>.backend(p, "<step>")` call in a module."""
+    calls = []
+    for top in tree.body:
+        for node in ast.walk(top):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "backend"
+                    and len(node.args) == 2 and isinstance(node.args[1], ast.Constant)):
+                calls.append((node, getattr(top, "name", "")))
+    return calls
+
+
 def imported_modules(path: Path, module: str) -> tuple[set[str], set[str]]:
-    """(modules that the file imports anywhere, backend steps it asks stages.params.backend for)."""
+    """(modules that the file imports anywhere, backend steps its main() asks shared.backend for)."""
     tree = ast.parse(path.read_text(), str(path))
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    found, steps = set(), set()
+    found = set()
+    steps = {call.args[1].value for call, function in backend_calls(tree) if function == "main"}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
@@ -56,9 +68,6 @@ def imported_modules(path: Path, module: str) -> tuple[set[str], set[str]]:
                 base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)  # submodules; non-modules drop out
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "backend"
-              and len(node.args) == 2 and isinstance(node.args[1], ast.Constant)):
-            steps.add(node.args[1].value)
     return found, steps
 
 
@@ -79,7 +88,8 @@ def closure(stage_module: str, backend: str, root: Path = ROOT) -> set[str]:
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages' __init__
         found, steps = imported_modules(root / path, name)
         todo += sorted(found)
-        todo += [backends.module_name(backend, step) for step in steps]
+        if name == stage_module:  # a stage's main() runs only as its command, not when imported
+            todo += [backends.module_name(backend, step) for step in steps]
     return files
 
 
@@ -149,6 +159,13 @@ def test_every_dep_exists_and_dvc_resolves_them_the_same():
         for d in deps:
             assert (ROOT / d).exists() or covered(d, sorted(produced)), f"stage {stage}: dep {d} does not exist"
         assert sorted(d["path"] for d in lock[stage]["deps"]) == sorted(deps), f"stage {stage}: dvc.lock is stale"
+
+
+def test_backends_are_asked_for_only_in_a_stage_main():
+    """The closure follows `shared.backend(p, step)` from a stage's main(): no call elsewhere."""
+    for path in sorted((ROOT / "stages").glob("*.py")) + sorted((ROOT / "hailopipe").rglob("*.py")):
+        calls = backend_calls(ast.parse(path.read_text()))
+        assert all(path.parent.name == "stages" and function == "main" for _, function in calls), path
 
 
 def test_every_data_file_of_the_package_is_declared():
