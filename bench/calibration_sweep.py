@@ -11,11 +11,12 @@
 the stages that depend on the calibration (optimize, analyze_noise, compile, evaluate) in its own
 copy of the repo, so the workspace is left alone.  `collect` reads `dvc exp show --json`: the
 baseline commit (HEAD) and its experiments, keeps those whose params equal HEAD's in everything but
-`calibration.size` (so the curve varies one thing), and writes one row per size, sorted:
+`calibration.size` and whose trained model (models/float/model.tflite) is HEAD's, byte for byte (so
+the curve varies one thing, on one model), and writes one row per size, sorted:
 `calibration_size, float, quantized, compiled` (accuracy on the validation set, from
-metrics/evaluate.json) and `output_snr_db` (from metrics/noise.json: measured on each experiment's
+metrics/evaluate.json), `output_snr_db` (from metrics/noise.json: measured on each experiment's
 own calibration images unless `noise.dataset: validation`, which makes the column comparable across
-sizes).  Commit the CSV with the experiment you keep; `dvc plots diff` then compares curves
+sizes) and `model_md5`, the model every row was measured on.  Commit the CSV with the experiment you keep; `dvc plots diff` then compares curves
 between commits.
 """
 
@@ -35,7 +36,8 @@ from hailopipe.fileio import write_bytes
 
 log = logging.getLogger("calibration_sweep")
 OUT = "metrics/calibration_sweep.csv"
-COLUMNS = ("calibration_size", "float", "quantized", "compiled", "output_snr_db")
+COLUMNS = ("calibration_size", "float", "quantized", "compiled", "output_snr_db", "model_md5")
+MODEL = "models/float/model.tflite"
 
 
 def dvc(*args: str) -> str:
@@ -51,15 +53,17 @@ def _row(data: dict) -> tuple[dict, dict] | None:
     size = params.get("calibration", {}).pop("size", None)
     metrics = data.get("metrics") or {}
     ev = (metrics.get("metrics/evaluate.json") or {}).get("data")
-    if size is None or not ev:
+    model = ((data.get("deps") or {}).get(MODEL) or {}).get("hash")
+    if size is None or not ev or not model:
         return None
     snr = ((metrics.get("metrics/noise.json") or {}).get("data") or {}).get("output_snr_db", "")
     return params, {"calibration_size": size, "float": ev["float"]["accuracy"], "quantized": ev["quantized"]["accuracy"],
-                    "compiled": ev["compiled"]["accuracy"], "output_snr_db": snr}
+                    "compiled": ev["compiled"]["accuracy"], "output_snr_db": snr, "model_md5": model}
 
 
 def collect(shown: list) -> list[dict]:
-    """Rows of the baseline commit and of its experiments that differ from it only in calibration.size."""
+    """Rows of the baseline commit and of its experiments that differ from it only in calibration.size,
+    all on the baseline's trained model."""
     baseline = next((r for r in shown if r["rev"] != "workspace"), None)
     if baseline is None or baseline.get("data") is None:
         raise PipelineError("dvc exp show: no baseline commit; commit the pipeline first")
@@ -72,8 +76,13 @@ def collect(shown: list) -> list[dict]:
             got = _row(rev.get("data") or {})
             if got is None:
                 continue
+            name = exp.get("name") or rev["rev"][:7]
             if got[0] != base[0]:
-                log.info("skip experiment %s: it changes more than calibration.size", exp.get("name") or rev["rev"][:7])
+                log.info("skip experiment %s: it changes more than calibration.size", name)
+                continue
+            if got[1]["model_md5"] != base[1]["model_md5"]:
+                log.warning("skip experiment %s: it ran on another trained model (%s, not the baseline's %s); "
+                            "queue the sweep again on this commit", name, got[1]["model_md5"], base[1]["model_md5"])
                 continue
             rows.setdefault(got[1]["calibration_size"], got[1])
     return [rows[k] for k in sorted(rows)]

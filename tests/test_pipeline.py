@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -76,7 +77,8 @@ def repo(tmp_path_factory):
 
 def test_full_run_builds_everything(repo):
     p = run(repo, "dvc", "repro")
-    assert ran_stages(p) == {"data", "train", "parse", "optimize", "analyze_noise", "compile", "evaluate"}
+    assert ran_stages(p) == {"check_params", "data", "train", "parse", "optimize", "analyze_noise", "compile",
+                             "evaluate"}
     for out in ("data/mnist.npz", "models/float/model.tflite", "models/float/model.h5", "models/mnist.har",
                 "models/mnist_quantized.har", "models/mnist.hef", "metrics/compile.json", "metrics/predictions.csv"):
         assert (repo / out).is_file(), out
@@ -105,16 +107,16 @@ def test_second_repro_does_nothing(repo):
 def test_calibration_change_reruns_only_the_tail(repo):
     set_params(repo, calibration__size=100)
     p = run(repo, "dvc", "repro")
-    assert ran_stages(p) == {"optimize", "analyze_noise", "compile", "evaluate"}
+    assert ran_stages(p) == {"check_params", "optimize", "analyze_noise", "compile", "evaluate"}
 
 
 def test_noise_dataset_change_reruns_only_the_analysis(repo):
     set_params(repo, noise__dataset="validation")
     p = run(repo, "dvc", "repro")
-    assert ran_stages(p) == {"analyze_noise"}
+    assert ran_stages(p) == {"check_params", "analyze_noise"}
     assert json.loads((repo / "metrics/noise.json").read_text())["images"] == 10000
     set_params(repo, noise__dataset="calibration")
-    assert ran_stages(run(repo, "dvc", "repro")) == {"analyze_noise"}
+    assert ran_stages(run(repo, "dvc", "repro")) == {"check_params", "analyze_noise"}
 
 
 def test_snr_plot_renders(repo):
@@ -127,14 +129,14 @@ def test_snr_plot_renders(repo):
 def test_layer_size_change_reruns_from_train(repo):
     set_params(repo, train__hidden=[24, 16])
     p = run(repo, "dvc", "repro")
-    assert ran_stages(p) == {"train", "parse", "optimize", "analyze_noise", "compile", "evaluate"}
+    assert ran_stages(p) == {"check_params", "train", "parse", "optimize", "analyze_noise", "compile", "evaluate"}
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "smaller")
 
 
 def test_experiment_run_show_and_metrics_diff(repo):
     p = run(repo, "dvc", "exp", "run", "-S", "calibration.size=50")
-    assert ran_stages(p) == {"optimize", "analyze_noise", "compile", "evaluate"}
+    assert ran_stages(p) == {"check_params", "optimize", "analyze_noise", "compile", "evaluate"}
     show = run(repo, "dvc", "exp", "show", "--json").stdout
     assert '"size": 50' in show.replace(" ", "").replace('"size":50', '"size": 50')
     diff = run(repo, "dvc", "metrics", "diff", "--all").stdout
@@ -145,12 +147,14 @@ def test_experiment_run_show_and_metrics_diff(repo):
 
 
 def test_bad_param_stops_with_one_line(repo):
+    before = (repo / "models/mnist_quantized.har").read_bytes()
     set_params(repo, calibration__size=0)
     p = run(repo, "dvc", "repro", check=False)
     assert p.returncode != 0
     assert "params.yaml: calibration.size must be between 1 and 10000, got 0" in p.stderr
     assert "Traceback" not in p.stderr
-    assert not (repo / "models/mnist_quantized.har").exists()
+    assert ran_stages(p) == {"check_params"}  # refused before optimize ran: its output is the previous one, whole
+    assert (repo / "models/mnist_quantized.har").read_bytes() == before
     set_params(repo, calibration__size=100)
 
 
@@ -178,3 +182,38 @@ def test_unknown_backend(repo):
         assert p.returncode == 1 and "backend must be one of emulator, hailo, got 'tpu'" in p.stderr
     finally:
         (repo / "params.yaml").write_text(text)
+
+
+OUTPUTS = ("models/float/model.h5", "models/float/model.tflite", "models/mnist.har", "models/mnist_quantized.har",
+           "models/mnist.hef", "models/mnist_compiled.har", "metrics/evaluate.json", "metrics/noise.json")
+RECOVER = (["git", "checkout", "--", "params.yaml", "dvc.lock"], ["dvc", "checkout"])  # the README's command
+
+
+def _outputs(repo) -> dict:
+    return {o: (repo / o).read_bytes() for o in OUTPUTS}
+
+
+@pytest.mark.parametrize("value,message", [
+    ("backend=foo", "backend must be one of emulator, hailo, got 'foo'"),
+    ("train.hidden=[0]", "train.hidden[0] must be an integer between 1 and 8192, got 0"),
+    ("+optimize.precision.dense9=a16_w16", "optimize.precision names unknown layer(s) ['dense9']"),
+])
+def test_a_failed_experiment_breaks_nothing(repo, value, message):
+    """A bad value is refused with one line before any output is removed (check_params), or, when
+    only a later stage can check it (the layer names need the parsed network), the README's
+    recovery command puts everything back; then `dvc repro` runs no stage."""
+    run(repo, "dvc", "repro")
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "before the experiment", check=False)
+    before = _outputs(repo)
+    p = run(repo, "dvc", "exp", "run", "-S", value, check=False)
+    assert p.returncode != 0 and f"error: params.yaml: {message}" in p.stderr and "Traceback" not in p.stderr
+    if "precision" not in value:
+        assert ran_stages(p) == {"check_params"} and _outputs(repo) == before
+    for cmd in RECOVER:
+        run(repo, *cmd)
+    start = time.perf_counter()
+    p = run(repo, "dvc", "repro")
+    assert ran_stages(p) == set() and time.perf_counter() - start < 10, p.stdout
+    assert _outputs(repo) == before and run(repo, "git", "status", "--porcelain").stdout == ""
+
