@@ -3,9 +3,9 @@
     MNIST_NPZ=../shared/data/mnist.npz python bench/pipeline.py [--keep DIR]
 
 Measures, with the default params.yaml: the full `dvc repro` from scratch, a no-op `dvc repro`, a
-`calibration.size` change (only optimize/compile/evaluate re-run), the accuracies from
+`calibration.size` change (only check_params and optimize .. evaluate re-run), the accuracies from
 metrics/evaluate.json, and whether any stage after train imports TensorFlow.  Prints each figure
-beside its target.
+beside its target.  The copy is deleted at the end, also when a step fails, unless --keep.
 """
 
 from __future__ import annotations
@@ -56,9 +56,28 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keep", help="run in this directory and keep it")
     args = ap.parse_args()
-    if not os.environ.get("MNIST_NPZ") and not (Path.home() / ".keras/datasets/mnist.npz").exists():
+    if os.environ.get("MNIST_NPZ"):  # a relative path is relative to here, not to the copy
+        os.environ["MNIST_NPZ"] = str(Path(os.environ["MNIST_NPZ"]).resolve())
+        if not Path(os.environ["MNIST_NPZ"]).is_file():
+            sys.exit(f"error: MNIST_NPZ={os.environ['MNIST_NPZ']}: file not found")
+    elif not (Path.home() / ".keras/datasets/mnist.npz").exists():
         sys.exit("error: set MNIST_NPZ to a local mnist.npz (no internet here)")
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    try:
+        measure(work)
+    finally:
+        if args.keep:
+            print(f"(repo copy kept in {work / 'repo'})")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def cpu_flags() -> str:
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return " ".join(sorted(set(re.findall(r"\b(avx2|avx512_vnni|avx_vnni|amx_int8)\b", text)))) or "none of them"
+
+
+def measure(work: Path) -> None:
     repo = work / "repo"
     if repo.exists():
         shutil.rmtree(repo)
@@ -100,9 +119,7 @@ def main() -> None:
     print(f"{'figure':<{w}}  {'measured':>12}  {'target':<28}  ok    note")
     for name, val, target, ok, note in rows:
         print(f"{name:<{w}}  {val:>12}  {target:<28}  {'yes' if ok else 'NO':<4}  {note}")
-    print(f"(machine: {os.cpu_count()} cores; repo copy in {repo})")
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
+    print(f"(machine: {os.cpu_count()} cores, CPU flags {cpu_flags()})")
 
 
 if __name__ == "__main__":

@@ -195,7 +195,8 @@ def measure(hef, args, batch: int, fmt, label: str, header: str = "") -> dict:
         latencies, done = [], 0
         with pipe, ng.activate():
             pipe.infer({info.name: data})  # warm-up, untimed
-            bar = tqdm(total=frames, unit="frames", desc=label, file=sys.stderr, disable=args.no_progress)
+            bar = tqdm(total=frames, unit="frames", desc=label, file=sys.stderr,  # a bar on a terminal only
+                       disable=args.no_progress or not sys.stderr.isatty())
             start = time.perf_counter()
             while (done < frames) if frames else (time.perf_counter() - start < seconds):
                 n = min(batch, frames - done) if frames else batch

@@ -86,8 +86,10 @@ def _scale_values(a: np.ndarray, path: str) -> np.ndarray:
 
 def _read_npy(path: str) -> tuple[np.ndarray, np.ndarray | None]:
     try:  # memory-mapped first: the header's shape is checked before any pixel is read
-        a = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError, tokenize.TokenError) as exc:  # TokenError: a malformed .npy header
+        with warnings.catch_warnings():  # a hostile header's size overflows in numpy: an error, not a warning
+            warnings.simplefilter("error", RuntimeWarning)
+            a = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError, tokenize.TokenError, RuntimeWarning) as exc:  # TokenError: bad header
         raise PipelineError(f"{path}: unreadable NPY file ({exc})") from None
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[..., 0]

@@ -187,13 +187,39 @@ def test_forcing_the_wrong_polarity_finds_no_digit(files, invert, style):
 def test_run_text_json_csv(files):
     p = cli("run", files / "m.hef", "--frames", 50, "--batch-size", 8)
     assert "Frames count: 50" in p.stdout and "FPS: " in p.stdout and "p99" in p.stdout
-    assert "50/50" in p.stderr  # the progress bar
+    assert p.stderr == ""  # no progress bar in a log: stderr is not a terminal
     r = json.loads(cli("run", files / "m.hef", "-c", 20, "--batch-size", 3, "--format-type", "float32",
                        "--input", "zeros", "--json", "--no-progress").stdout)
     assert (r["frames"], r["batch_size"], r["format_type"]) == (20, 3, "FLOAT32")
     assert r["fps"] > 0 and 0 < r["latency_p50_ms"] <= r["latency_p99_ms"]
     rows = list(csv.DictReader(io.StringIO(cli("run", files / "m.hef", "--time", 0.2, "--csv", "--no-progress").stdout)))
     assert len(rows) == 1 and int(rows[0]["frames"]) > 0 and rows[0]["batch_size"] == "8"
+
+
+def test_progress_bar_on_a_terminal(files):
+    """The bar is drawn when stderr is a terminal (a pseudo-terminal here), and only then."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    p = subprocess.run([SCRIPT, "run", str(files / "m.hef"), "--frames", "50", "--batch-size", "8"], stdout=subprocess.PIPE,
+                       stderr=slave, cwd=ROOT, text=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the terminal closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    assert p.returncode == 0 and "Frames count: 50" in p.stdout
+    assert "50/50" in b"".join(chunks).decode(errors="replace")
 
 
 def test_benchmark(files):

@@ -102,7 +102,8 @@ def test_killed_stage_keeps_the_previous_output_whole(repo, tmp_path):
     assert pid == proc.pid and partial.parent == out.parent
     assert 0 < partial.stat().st_size < len(before)  # killed mid-write: half of the new file is on disk
     os.kill(pid, signal.SIGKILL)
-    assert proc.wait(timeout=60) == -signal.SIGKILL
+    proc.communicate(timeout=60)  # reaps it and closes its output pipe
+    assert proc.returncode == -signal.SIGKILL
     assert out.read_bytes() == before  # the previous output, whole
     ehef.load(out)
     assert "up to date" in run(repo, "dvc", "status").stdout

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,7 +67,7 @@ def test_unsupported_activation_is_refused(tmp_path):
 @pytest.mark.parametrize("mutate", [lambda b: b[:100], lambda b: b"", lambda b: b[:4] + b"XXXX" + b[8:],
                                     lambda b: b[:8] + bytes(len(b) - 8)])
 def test_broken_tflite(trained, tmp_path, mutate):
-    raw = open(trained[0][1]["tflite"], "rb").read()
+    raw = Path(trained[0][1]["tflite"]).read_bytes()
     p = tmp_path / "bad.tflite"
     p.write_bytes(mutate(raw))
     with pytest.raises(PipelineError, match=str(p)):

@@ -1,5 +1,7 @@
 """params.yaml validation in the stage layer: a bad value names the key and what is wrong."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import yaml
@@ -45,7 +47,7 @@ def test_not_yaml(tmp_path):
 
 def repo_params(tmp_path, **sections):
     """params.yaml of the repo with some keys replaced (`section={key: value}`, nested as dotted keys)."""
-    data = yaml.safe_load(open("params.yaml"))
+    data = yaml.safe_load(Path("params.yaml").read_text())
     for section, values in sections.items():
         for key, value in values.items():
             node = data[section]

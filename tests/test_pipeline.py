@@ -186,7 +186,7 @@ def test_unknown_backend(repo):
 
 OUTPUTS = ("models/float/model.h5", "models/float/model.tflite", "models/mnist.har", "models/mnist_quantized.har",
            "models/mnist.hef", "models/mnist_compiled.har", "metrics/evaluate.json", "metrics/noise.json")
-RECOVER = (["git", "checkout", "--", "params.yaml", "dvc.lock"], ["dvc", "checkout"])  # the README's command
+RECOVER = (["git", "checkout", "--", "params.yaml", "dvc.lock", "metrics"], ["dvc", "checkout"])  # the README's
 
 
 def _outputs(repo) -> dict:
