@@ -15,11 +15,25 @@ tests/data/mnist_subset.npz, mean 13.98 / 14.02).  `load_digit` does the same to
 2. polarity (`invert`): "auto" inverts when the border is mostly light (median of the outer frame,
    5% of the shorter side and at least 1 px, above 0.5), i.e. a dark digit on light paper;
    "yes" / "no" force it.
-3. contrast: the border's median level becomes 0 and the brightest pixel 1 (clipped).  An image
-   with less than 10% contrast holds no digit: that is an error.
-4. crop to the bounding box of the pixels >= 0.2 (fainter ones outside it count as noise), resize
-   so the longer side is 20 px (Lanczos, aspect kept), and paste into 28x28 with the centre of
-   mass at (14, 14) (shifted less if the digit would leave the frame).
+3. contrast: an image whose brightest ink stands less than 10% above its border's median level
+   holds no digit (or has the wrong polarity forced): that is an error.  Then the background, as
+   a document scanner removes it, with a square a third of the shorter side wide (wider than any
+   stroke): dark ink on paper is divided by the paper's level (its grey closing: light varies
+   multiplicatively, so ink is the relative darkness, 1 - image / paper, whatever the shading and
+   uneven light); light ink on a dark background loses the background's level (the white top-hat,
+   the image minus its grey opening).  On a photo (shorter side >= 64 px) a 3x3 median filter
+   first takes away the sensor noise.  The brightest stroke becomes 1.
+4. ink: Otsu's threshold, chosen from the image's own histogram, marks the ink; the largest
+   8-connected ink component is the digit, with every other component at least 5 % of its
+   size (the parts of a broken stroke); everything else (specks of noise, marks on the paper) is
+   cleared, 1 px around the kept ink excepted (its anti-aliased edge).
+5. crop to the bounding box of the kept pixels >= 0.2, resize so the longer side is 20 px
+   (Lanczos, aspect kept), and paste into 28x28 with the centre of mass at (14, 14) (shifted less
+   if the digit would leave the frame).
+
+On a clean MNIST-style image (ink on a flat background) steps 3 and 4 change nothing: the opening
+of a flat background is the background, and a digit is one component (or a few, all kept).
+bench/digit_photos.py measures photos against clean digits.
 
 Every problem (missing, unreadable, wrong kind, bad NPY shape/dtype/range, blank) raises a
 PipelineError naming the file.
@@ -40,6 +54,9 @@ PNG_MAGIC, JPEG_MAGIC, NPY_MAGIC = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"\x93
 INVERT_CHOICES = ("auto", "yes", "no")
 BOX, CENTRE = 20, 14.0          # MNIST: digit box (px) in the 28x28 frame, centre of mass
 MIN_CONTRAST, INK = 0.1, 0.2    # below MIN_CONTRAST: no digit; bounding box of pixels >= INK
+BACKGROUND_SQUARE = 1 / 3       # the top-hat's square, as a fraction of the shorter side (>= 15 px)
+DENOISE_FROM = 64               # a median filter from this shorter side up (photos, not MNIST's 28 px)
+PART = 0.05                     # ink components kept: at least this fraction of the largest one
 MAX_PIXELS = 50_000_000
 LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -136,17 +153,52 @@ def _border(gray: np.ndarray) -> np.ndarray:
     return np.concatenate([gray[:k].ravel(), gray[-k:].ravel(), gray[:, :k].ravel(), gray[:, -k:].ravel()])
 
 
+def otsu(x: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of values in [0, 1]: the one that maximises the between-class variance."""
+    hist, edges = np.histogram(x, bins=bins, range=(0.0, 1.0))
+    p = hist.astype(np.float64) / max(1, hist.sum())
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0, m0 = np.cumsum(p), np.cumsum(p * centres)
+    w1, mean = 1.0 - w0, m0[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mean * w0 - m0) ** 2 / (w0 * w1)
+    return float(edges[1:][np.nanargmax(np.where((w0 > 0) & (w1 > 0), between, np.nan))])
+
+
+def _ink(gray: np.ndarray, dark_ink: bool) -> np.ndarray:
+    """Steps 3-4: the strokes alone as bright ink in [0, 1], background and specks cleared (all
+    zero when nothing stands out)."""
+    from scipy import ndimage
+
+    if min(gray.shape) >= DENOISE_FROM:
+        gray = ndimage.median_filter(gray, size=3, mode="nearest")
+    side = max(15, round(min(gray.shape) * BACKGROUND_SQUARE))
+    if dark_ink:  # paper: the light varies multiplicatively, so ink is the relative darkness (flat field)
+        paper = ndimage.grey_closing(gray, size=(side, side), mode="nearest")
+        x = (paper - gray) / np.maximum(paper, 1e-6)
+    else:  # light ink on a dark background: the white top-hat
+        x = gray - ndimage.grey_opening(gray, size=(side, side), mode="nearest")
+    top = float(x.max())
+    if top < MIN_CONTRAST:
+        return np.zeros_like(x)
+    x = np.clip(x / top, 0.0, 1.0)
+    labels, _ = ndimage.label(x > otsu(x), structure=np.ones((3, 3)))
+    sizes = np.bincount(labels.ravel())[1:]
+    keep = np.isin(labels, 1 + np.nonzero(sizes >= PART * sizes.max())[0])
+    return np.where(ndimage.binary_dilation(keep, structure=np.ones((3, 3))), x, 0.0)
+
+
 def prepare(gray: np.ndarray, invert: str = "auto", size: int = 28, label: str = "image") -> tuple[np.ndarray, bool]:
-    """Steps 2-4: grayscale [H, W] -> (MNIST-style float32 [size, size] in [0, 1], inverted?)."""
+    """Steps 2-5: grayscale [H, W] -> (MNIST-style float32 [size, size] in [0, 1], inverted?)."""
     if invert not in INVERT_CHOICES:
         raise PipelineError(f"invert must be one of {', '.join(INVERT_CHOICES)}, got {invert!r}")
     inverted = invert == "yes" or (invert == "auto" and float(np.median(_border(gray))) > 0.5)
-    x = 1.0 - gray if inverted else gray
-    background, top = float(np.median(_border(x))), float(x.max())
-    if top - background < MIN_CONTRAST:
-        raise PipelineError(f"{label}: no digit found: the image has {top - background:.0%} contrast "
-                            f"(need {MIN_CONTRAST:.0%}){'' if invert != 'no' else '; try --invert auto'}")
-    x = np.clip((x - background) / (top - background), 0.0, 1.0)
+    bright = 1.0 - gray if inverted else gray  # ink bright: the border's level is the background's
+    contrast = float(bright.max()) - float(np.median(_border(bright)))
+    x = _ink(gray, dark_ink=inverted) if contrast >= MIN_CONTRAST else np.zeros_like(gray)
+    if not (x >= INK).any():
+        raise PipelineError(f"{label}: no digit found: the image has {max(contrast, 0):.0%} contrast over its "
+                            f"border (need {MIN_CONTRAST:.0%}){'' if invert != 'no' else '; try --invert auto'}")
     rows, cols = np.nonzero((x >= INK).any(axis=1))[0], np.nonzero((x >= INK).any(axis=0))[0]
     crop = x[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     box = round(BOX * size / 28)
