@@ -1,6 +1,7 @@
 """The `hailopipe` command: hailortcli-style tools for compiled models, plus parse-har and infer.
 
-    hailopipe parse-hef FILE [--json]           describe a compiled file: the emulator's or a real Hailo HEF
+    hailopipe parse-hef FILE [--hailort 4|5] [--verbose | --json]
+                                                describe a compiled file as hailortcli does (emulated or real)
     hailopipe parse-har FILE [--json]           state, layers, parameters, quantization of a HAR
     hailopipe infer FILE IMAGE... [--invert auto|yes|no] [--json]
                                                 classify PNG/JPEG/NPY digit images (see hailopipe.images)
@@ -52,12 +53,18 @@ def describe_hef(args) -> None:
     if args.json:
         _emit_json({**parse_hef.to_json(info), "compile_report": compiled.report if compiled else None})
         return
-    text = parse_hef.describe(info)
+    style = {None: None, "4": "hailort4", "5": "hailort5"}[args.hailort]
+    text = parse_hef.describe(info, style=style, quantization=args.verbose)
+    if compiled:  # stdout stays hailortcli's text; what the file is goes to stderr (and --verbose)
+        print(f"note: {args.file} is hailopipe's emulated compiled file ({info.sdk_version}): it runs on the "
+              "hailopipe emulator only, a Hailo device cannot load it", file=sys.stderr)
+    if not args.verbose:
+        print(text, end="")
+        return
     if compiled:
-        first, rest = text.split("\n", 1)
         print(f"Emulated HEF: {args.file} (hailopipe compiled file v{info.header_version}, {info.checksum}); "
               "runs on the hailopipe emulator only, a Hailo device cannot load it")
-        print(f"{first} (emulated)\n{rest}", end="")
+        print(text, end="")
         report = compiled.report
         print("Layers:")
         for name, layer in report["layers"].items():
@@ -294,10 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("parse-hef", help="describe a compiled file (emulated or a real Hailo HEF)",
-                       description="Print what `hailortcli parse-hef` prints: target, compiler version, network "
-                       "groups, input/output vstreams with format, order, shape and quantization.")
+                       description="Print exactly what `hailortcli parse-hef` prints (network groups, input/output "
+                       "vstreams with format, order and shape), in the text of the HailoRT generation that serves "
+                       "the HEF's architecture: 4.x for Hailo-8/8R/8L, 5.x for Hailo-10/15.")
     s.add_argument("file", help="compiled file (.hef)")
-    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--hailort", choices=("4", "5"), help="print as this HailoRT generation's hailortcli does")
+    s.add_argument("--verbose", action="store_true", help="also the file's header and checksum, each vstream's "
+                   "quantization and, for an emulated file, its layers")
+    s.add_argument("--json", action="store_true", help="machine-readable output, everything")
     s.set_defaults(func=describe_hef)
 
     s = sub.add_parser("parse-har", help="describe a HAR", description="State, layers, shapes, parameter "

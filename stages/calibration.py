@@ -22,8 +22,8 @@ def selection(p: Params, n: int) -> tuple[int, str, int]:
 
 def images(p: Params, x_val: np.ndarray) -> np.ndarray:
     """The calibration images (NHWC float32) that params.yaml's `calibration` section selects."""
-    size, selection_, seed = selection(p, len(x_val))
-    idx = calibration.indices(len(x_val), size, selection_, seed)
-    log.info("calibration: %d of %d validation images (%s%s)", size, len(x_val), selection_,
-             f", seed {seed}" if selection_ == "random" else "")
+    size, how, seed = selection(p, len(x_val))
+    idx = calibration.indices(len(x_val), size, how, seed)
+    log.info("calibration: %d of %d validation images (%s%s)", size, len(x_val), how,
+             f", seed {seed}" if how == "random" else "")
     return data.to_float(x_val[idx])

@@ -120,7 +120,7 @@ def test_real_streams(info):
 
 
 def test_describe(info):
-    text = describe(info)
+    text = describe(info, style="hailort5", quantization=True)
     lines = text.splitlines()
     assert lines[:3] == ["HEF Compatible for: HAILO8", "HEF Compiler Version: 3.27.0",
                          "Network group name: MNIST_CNN, Single Context"]
@@ -137,6 +137,8 @@ def test_describe_hailort4_style(info):
     lines = describe(info, style="hailort4").splitlines()
     assert lines[0] == "Architecture HEF was compiled for: HAILO8"
     assert lines[1] == "Network group name: MNIST_CNN, Single Context"
+    assert describe(info) == describe(info, style="hailort4")  # a Hailo-8 HEF: HailoRT 4.x serves it
+    assert "Quantization" not in describe(info)
 
 
 def test_main_prints_describe(info, capsys):
@@ -309,8 +311,21 @@ def test_synthetic_core_op_and_softmax(tmp_path):
         ("net/softmax1", "FLOAT32", "NC", (10,)), ("net/fc1", "UINT16", "NC", (10,))]
     assert ng.outputs[1].quant_info.qp_zp == 3.0
     assert ng.ops == ["softmax1: SOFTMAX on host, net/fc2 -> net/softmax1"]
-    text = describe(info)
+    assert describe(info).startswith("Architecture HEF was compiled for: HAILO8L\n")
+    text = describe(info, style="hailort5")
     assert "HEF Compatible for: HAILO8L, HAILO8" in text
     assert "Network group name: net, Multi Context - Number of contexts: 2" in text
     assert "            Output net/fc1 UINT16, NC(10)" in text
     assert "            Operation:\n                softmax1: SOFTMAX on host" in text
+
+
+@pytest.mark.parametrize("archs,style", [(["HAILO8"], "hailort4"), (["HAILO8L", "HAILO8"], "hailort4"),
+                                         (["HAILO15H", "HAILO10H"], "hailort5"), (["HAILO10H"], "hailort5")])
+def test_the_hailort_generation_that_serves_the_hef_is_the_default(archs, style):
+    from hailopipe.formats.parse_hef import hailort_style
+
+    info = HefInfo("x.hef", 0, "", archs[0], "5.1.0", [], archs)
+    assert hailort_style(info) == style
+    first = describe(info).splitlines()[0]
+    assert first == (f"Architecture HEF was compiled for: {archs[0]}" if style == "hailort4"
+                     else f"HEF Compatible for: {', '.join(archs)}")

@@ -6,8 +6,12 @@
 
 `read` tells the two apart by their magic (`\\x01HEF` real, `EHEF` emulated) and describes both
 with the same records (`streams.HefInfo`); an emulated file also comes back as the
-`ehef.CompiledModel` the engine runs.  `describe` renders the vstreams in hailortcli's layout,
-plus a quantization line per vstream; `to_json` gives the same as plain JSON types.
+`ehef.CompiledModel` the engine runs.  `describe` renders it as `hailortcli parse-hef` does, in
+the text of the HailoRT generation that serves the HEF's architecture (`hailort_style`): HailoRT
+4.x (branch hailo8, for Hailo-8/8R/8L) prints `Architecture HEF was compiled for: ...`, HailoRT 5.x
+(Hailo-10/15) `HEF Compatible for: ...` and `HEF Compiler Version: ...` (hef.cpp,
+`Hef::Impl::get_description`); `quantization=True` adds a line per vstream.  `to_json` gives the
+description as plain JSON types.
 """
 
 from __future__ import annotations
@@ -52,13 +56,20 @@ def _shape_text(s: VStreamInfo) -> str:
     return "(" + "x".join(str(d) for d in s.shape) + ")"
 
 
-def describe(info: HefInfo, *, style: str = "hailort5") -> str:
-    """Text in `hailortcli parse-hef` style (vstreams), plus a quantization line per vstream.
+STYLES = ("hailort4", "hailort5")
 
-    style="hailort5" prints "HEF Compatible for: ..." and "HEF Compiler Version: ..." (HailoRT
-    5.x); style="hailort4" prints "Architecture HEF was compiled for: ..." (HailoRT 4.x, which
-    Hailo-8 devices use)."""
-    if style not in ("hailort4", "hailort5"):
+
+def hailort_style(info: HefInfo) -> str:
+    """The HailoRT generation that serves the HEF's devices: 4.x for the Hailo-8 family, 5.x else."""
+    return "hailort4" if all(a.startswith("HAILO8") for a in info.compatible_archs) else "hailort5"
+
+
+def describe(info: HefInfo, *, style: str | None = None, quantization: bool = False) -> str:
+    """What `hailortcli parse-hef` prints (vstream infos), in `style` (default `hailort_style`):
+    "hailort4" prints "Architecture HEF was compiled for: ...", "hailort5" "HEF Compatible for: ..."
+    and "HEF Compiler Version: ...".  With `quantization`, a line of qparams under each vstream."""
+    style = style or hailort_style(info)
+    if style not in STYLES:
         raise ValueError(f"describe: unknown style {style!r} (hailort4 or hailort5)")
     tab = "    "
     if style == "hailort4":
@@ -78,8 +89,9 @@ def describe(info: HefInfo, *, style: str = "hailort5") -> str:
                 label = "Input " if s.direction == "input" else "Output"
                 q = s.quant_info
                 lines.append(f"{tab * 3}{label} {s.name} {s.format.type.name}, {s.format.order.text}{_shape_text(s)}")
-                lines.append(f"{tab * 4}Quantization: qp_scale={_num(q.qp_scale)}, qp_zp={_num(q.qp_zp)}, "
-                             f"limvals=[{_num(q.limvals_min)}, {_num(q.limvals_max)}]")
+                if quantization:
+                    lines.append(f"{tab * 4}Quantization: qp_scale={_num(q.qp_scale)}, qp_zp={_num(q.qp_zp)}, "
+                                 f"limvals=[{_num(q.limvals_min)}, {_num(q.limvals_max)}]")
             if g.ops:
                 lines.append(f"{tab * 3}Operation:")
                 lines += [f"{tab * 4}{op}" for op in g.ops]
