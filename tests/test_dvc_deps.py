@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import ast
 import copy
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -208,3 +211,14 @@ def test_the_check_fails_naming_the_stage_and_module(tmp_path):
     assert missing(files_only, params, root) == [
         "stage parse (backend emulator): hailopipe/formats/extra.py is run but not in its deps"]
     assert missing(dvc_yaml, params, root) == []  # the folder dep covers it the day it is added
+
+
+def test_the_committed_lock_records_the_code_as_it_is():
+    """dvc.lock's hash of every code dep is the code's: otherwise a fresh clone's `dvc repro` re-runs
+    stages and `git status` shows a changed dvc.lock (data and model deps may be absent here)."""
+    p = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    stale = {stage: path for stage, changes in json.loads(p.stdout or "{}").items() for change in changes
+             if isinstance(change, dict) for path, how in (change.get("changed deps") or {}).items()
+             if path.startswith(("hailopipe/", "stages/")) and how == "modified"}
+    assert not stale, f"dvc.lock is stale for {stale}: run dvc repro and commit dvc.lock"
