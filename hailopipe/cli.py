@@ -97,6 +97,7 @@ def _har_summary(h) -> dict:
                                      "output_zero_point": q.input_zp, "calibrated_range": list(q.input_limvals)}
     meta = h.metadata
     return {"state": h.state, "network": net.name, "sdk_version": meta.get("sdk_version"),
+            "emulator": meta.get("emulator"),
             "emulated": bool(meta.get("emulated")), "hw_arch": meta.get("hw_arch"), "layers": layers,
             "total_params": sum(layer["params"] for layer in layers), "calibset_size": meta.get("calibset_size"),
             "model_script": meta.get("model_script")}
@@ -110,7 +111,8 @@ def describe_har(args) -> None:
         _emit_json(s)
         return
     emulated = ", emulated" if s["emulated"] else ""
-    print(f"HAR: {args.file} ({s['sdk_version']}{emulated})\nState: {s['state']}\nTarget: {s['hw_arch']}")
+    made = f"{s['emulator']}, SDK {s['sdk_version']} layout" if s["emulator"] else f"SDK {s['sdk_version']}"
+    print(f"HAR: {args.file} ({made}{emulated})\nState: {s['state']}\nTarget: {s['hw_arch']}")
     print(f"Network: {s['network']}, {len(s['layers']) - 1} Dense layers, {s['total_params']:,} parameters")
     print(f"    {'layer':<14}{'input':>8}{'output':>10}  {'activation':<11}{'params':>10}")
     for layer in s["layers"]:

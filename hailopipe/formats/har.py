@@ -2,9 +2,11 @@
 
 Layout as in Hailo's SDK: the metadata's `state` is `hailo_model` after parsing and
 `quantized_model` after optimization and `compiled_model` after compilation (then it also holds
-the compiled file as `<net>.hef`); the HN is the graph JSON and the .npz the float params (see
+the compiled file as `<net>.hef`), `hn` names the HN member and `sdk_version` is numeric, as real
+archives have them (Netron's Hailo reader needs both); the HN is the graph JSON and the .npz the float params (see
 `hn`), the .q.npz the quantized ones (see `qnpz`).  This emulator also records
-`emulated: true`, the target `hw_arch` and, after optimization, the equivalent Hailo model script.
+`emulator` (its name and version), `emulated: true`, the target `hw_arch` and, after optimization,
+the equivalent Hailo model script.
 
 Writing is byte-stable (fixed member order, mtime 0, uid/gid 0, no user names) and atomic.
 Reading is strict and safe on files this project did not write: only regular members with plain
@@ -26,7 +28,11 @@ from hailopipe.formats import hn, qnpz
 from hailopipe.quantization.qnetwork import QNetwork
 
 STATES = ("hailo_model", "fp_optimized_model", "quantized_model", "compiled_model")
-SDK_VERSION = f"hailopipe-emulator {__version__}"
+# The Dataflow Compiler whose archive layout this follows (that of the real Hailo-8 HEF the tests
+# read), numeric as real archives and Netron's Hailo reader have it; the emulator names itself in
+# its own key.
+SDK_VERSION = "3.27.0"
+EMULATOR = f"hailopipe-emulator {__version__}"
 MAX_MEMBER_BYTES = 1 << 30
 MAX_MEMBERS = 16
 
@@ -51,7 +57,8 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def har_bytes(har: Har) -> bytes:
     name = har.net.name
     meta = dict(har.metadata)
-    meta.update({"state": har.state, "sdk_version": SDK_VERSION, "emulated": True, "net_name": name})
+    meta.update({"state": har.state, "hn": f"{name}.hn", "sdk_version": SDK_VERSION, "emulator": EMULATOR,
+                 "emulated": True, "net_name": name})
     members = [(f"{name}.metadata.json", json_bytes(meta)),
                (f"{name}.hn", json_bytes(hn.to_hn(har.net))),
                (f"{name}.npz", npz_bytes(hn.weights(har.net)))]
