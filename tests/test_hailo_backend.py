@@ -257,6 +257,16 @@ def test_broken_sdk_install_is_one_clear_error(fake, monkeypatch, tflite_path, t
         hailo.parse(tflite_path, tmp_path / "m.har", "mnist", "hailo8")
 
 
+def test_a_dfc_that_moves_its_parsing_exception_is_not_a_broken_install(fake, monkeypatch, tflite_path, tmp_path):
+    """`model_translator.exceptions` is an internal module: without it the SDK still parses."""
+    from hailopipe.backends import hailo
+
+    monkeypatch.setitem(sys.modules, "hailo_sdk_client.model_translator.exceptions", None)  # ImportError
+    summary = hailo.parse(tflite_path, tmp_path / "m.har", "mnist", "hailo8")
+    assert (tmp_path / "m.har").is_file() and summary["sdk_names"] == {"dense1": "fc1", "dense2": "fc2",
+                                                                      "dense3": "fc3"}
+
+
 def test_broken_hailort_is_one_clear_error(fake, monkeypatch, tmp_path):
     from hailopipe.backends import hailo
 

@@ -46,6 +46,10 @@ def check_available() -> None:
         raise PipelineError(f"{INSTALL_HINT} (this interpreter: {here})")
 
 
+class _NeverRaised(Exception):
+    """Stands for the DFC's parsing exception where its module cannot be imported."""
+
+
 def load_sdk() -> SimpleNamespace:
     """The DFC classes the adapter uses; a broken install is one clear error, not a traceback."""
     check_available()
@@ -53,12 +57,16 @@ def load_sdk() -> SimpleNamespace:
         import hailo_sdk_client
         from hailo_sdk_client import ClientRunner, InferenceContext
         from hailo_sdk_client.exposed_definitions import States
-        from hailo_sdk_client.model_translator.exceptions import ParsingWithRecommendationException
     except Exception as exc:  # ImportError, or whatever a mismatched TF/numpy raises at import
         raise PipelineError(f"hailo_sdk_client is installed but does not import ({type(exc).__name__}: {exc}); "
                             "reinstall the Dataflow Compiler wheel in a clean venv") from None
+    try:  # an internal module: a DFC that moves it is still a working install, its parse errors still one line
+        from hailo_sdk_client.model_translator.exceptions import ParsingWithRecommendationException as parsing_error
+    except ImportError:
+        log.debug("hailo_sdk_client.model_translator.exceptions not found; parse errors are reported generically")
+        parsing_error = _NeverRaised
     return SimpleNamespace(ClientRunner=ClientRunner, InferenceContext=InferenceContext, States=States,
-                           ParsingError=ParsingWithRecommendationException,
+                           ParsingError=parsing_error,
                            version=installed_version(hailo_sdk_client, "hailo-dataflow-compiler"))
 
 
