@@ -18,6 +18,7 @@ import io
 import os
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,18 +70,13 @@ def main() -> None:
     model = InferModel(model_path)
     x, y = validation(args.images)
     rng = np.random.default_rng(0)
-    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"digit-photos-{os.getpid()}"
-    tmp.mkdir(parents=True, exist_ok=True)
-    try:
+    with tempfile.TemporaryDirectory() as work:
+        tmp = Path(work)
         start = time.perf_counter()
         acc = {"direct": float((model.run_float(data.to_float(x)).argmax(1) == y).mean())}
         acc["clean"] = float((model.run_float(prepared([png(d) for d in x], tmp)).argmax(1) == y).mean())
         acc["photo"] = float((model.run_float(prepared([photo(d, rng) for d in x], tmp)).argmax(1) == y).mean())
         seconds = time.perf_counter() - start
-    finally:
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
     flags = " ".join(sorted(set(re.findall(r"\b(avx2|avx512_vnni|avx_vnni|amx_int8)\b",
                                            Path("/proc/cpuinfo").read_text()))))
     print(f"{len(y)} validation digits, model {model_path.relative_to(ROOT) if model_path.is_relative_to(ROOT) else model_path}"

@@ -6,3 +6,4 @@ uses the real SDK when it is installed.  See README.md.
 """
 
 __version__ = "0.1.0"
+EMULATOR = f"hailopipe-emulator {__version__}"  # how the HARs and compiled files it writes name it

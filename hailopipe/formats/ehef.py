@@ -16,7 +16,7 @@ The JSON holds the target `hw_arch`, the network group and network names, the in
 stream infos as HailoRT reports them (name `<group>/<layer>`, shape without batch, order, format
 type UINT8/UINT16, qp_scale, qp_zp, limvals), the compile report, and per layer its activation, bit
 widths, scales and an index of its arrays (offset, dtype, shape).  The arrays are the quantized
-params under the same keys as the HAR's .q.npz.  `read` verifies magic, version, flags, sizes and
+params under the same keys as the HAR's .q.npz.  `load` verifies magic, version, flags, sizes and
 the checksum before it trusts a byte, and rebuilds the QNetwork through the same checks as a HAR.
 """
 
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hailopipe import __version__
+from hailopipe import EMULATOR
 from hailopipe.errors import PipelineError
 from hailopipe.fileio import read_limited
 from hailopipe.formats import compile_report, qnpz
@@ -114,7 +114,7 @@ def compile_network(q: QNetwork, hw_arch: str) -> bytes:
         offset += len(data) + pad
     inputs, outputs = stream_infos(q)
     meta = {"format": "hailopipe emulated HEF (not loadable by a Hailo device)", "emulated": True,
-            "compiler": f"hailopipe-emulator {__version__}", "hw_arch": hw_arch,
+            "compiler": EMULATOR, "hw_arch": hw_arch,
             "network_group": q.name, "networks": [f"{q.name}/{q.name}"], "contexts": 1,
             "inputs": [_record(s) for s in inputs], "outputs": [_record(s) for s in outputs],
             "layers": [{"name": layer.name, "activation": layer.activation, "kernel_shape": list(layer.kernel.shape)}

@@ -21,7 +21,7 @@ import os
 import tarfile
 from dataclasses import dataclass, field
 
-from hailopipe import __version__, network
+from hailopipe import EMULATOR, network
 from hailopipe.errors import PipelineError
 from hailopipe.fileio import json_bytes, load_npz, npz_bytes, open_regular, write_bytes
 from hailopipe.formats import hn, qnpz
@@ -32,7 +32,6 @@ STATES = ("hailo_model", "fp_optimized_model", "quantized_model", "compiled_mode
 # read), numeric as real archives and Netron's Hailo reader have it; the emulator names itself in
 # its own key.
 SDK_VERSION = "3.27.0"
-EMULATOR = f"hailopipe-emulator {__version__}"
 MAX_MEMBER_BYTES = 1 << 30
 MAX_MEMBERS = 16
 
