@@ -51,7 +51,7 @@ def prepared(files: list[bytes], tmp: Path) -> np.ndarray:
         path = tmp / f"{i}.img"
         path.write_bytes(blob)
         out.append(images.load_digit(path)[0])
-    return np.stack(out)
+    return np.stack(out) * np.float32(255)  # the model's FLOAT32 input takes raw pixels 0-255
 
 
 def png(digit: np.ndarray) -> bytes:
@@ -73,7 +73,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         tmp = Path(work)
         start = time.perf_counter()
-        acc = {"direct": float((model.run_float(data.to_float(x)).argmax(1) == y).mean())}
+        acc = {"direct": float((model.run_float(data.to_raw(x)).argmax(1) == y).mean())}
         acc["clean"] = float((model.run_float(prepared([png(d) for d in x], tmp)).argmax(1) == y).mean())
         acc["photo"] = float((model.run_float(prepared([photo(d, rng) for d in x], tmp)).argmax(1) == y).mean())
         seconds = time.perf_counter() - start

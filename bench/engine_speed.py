@@ -182,7 +182,8 @@ def bench_net(hidden, arrays, args, workdir: Path) -> dict:
     calib = x_val[:CALIB]
     keras_model, net = train_float(hidden, x_train, y_train, x_val, y_val, args.epochs, workdir)
     blob = tflite_int8(keras_model, calib)
-    qnet = optimizer.quantize_network(net, calib, OptimizeConfig(calib_size=CALIB))
+    qnet = optimizer.quantize_network(net, arrays["x_test"][:CALIB, ..., None].astype(np.float32),  # raw pixels
+                                      OptimizeConfig(calib_size=CALIB))
 
     lite_batch, lite_one = Lite(blob, len(x_val)), Lite(blob, 1)
     q_val = lite_batch.quantize(x_val)

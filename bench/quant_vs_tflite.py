@@ -93,9 +93,9 @@ def ours_logits(tfl: Path, calib: np.ndarray, x, cfg, work: Path) -> np.ndarray:
     """Logits (float32 streams) of the compiled model the pipeline builds (emulator backend)."""
     har, qhar, hef = work / "m.har", work / "mq.har", work / "m.hef"
     backends.get("emulator", "parse").parse(tfl, har, "mnist", "hailo8")
-    backends.get("emulator", "optimize").optimize(har, qhar, calib, cfg, "hailo8")
+    backends.get("emulator", "optimize").optimize(har, qhar, calib * np.float32(255), cfg, "hailo8")  # raw pixels
     backends.get("emulator", "compile").compile(qhar, hef, "hailo8")
-    return backends.get("emulator", "evaluate").infer_compiled(hef, x)
+    return backends.get("emulator", "evaluate").infer_compiled(hef, x * np.float32(255))
 
 
 def main() -> None:
@@ -128,7 +128,7 @@ def main() -> None:
         for tc, sizes in jobs.items():
             d = trained(tc, arrays, cache)
             fl = evaluate.tflite_logits(d / "model.tflite", x_all)
-            layers = [f"dense{i}" for i in range(1, len(tc.hidden) + 2)]
+            layers = [f"fc{i}" for i in range(1, len(tc.hidden) + 2)]
             for n in sizes:
                 cfg_n = config(p, n, layers, backends.get("emulator", "optimize").PRECISION_MODES)
                 calib = x[:n]

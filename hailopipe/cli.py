@@ -1,7 +1,9 @@
 """The `hailopipe` command: hailortcli-style tools for compiled models, plus parse-har and infer.
 
-    hailopipe parse-hef FILE [--hailort 4|5] [--verbose | --json]
+    hailopipe parse-hef FILE [--hailort 4|5] [--parse-streams] [--verbose | --json]
                                                 describe a compiled file as hailortcli does (emulated or real)
+    hailopipe check FILE --device ARCH [--hailort X.Y[.Z]] [--json]
+                                                can this device run it, with which HailoRT (exit 0 yes, 1 no)
     hailopipe parse-har FILE [--json]           state, layers, parameters, quantization of a HAR
     hailopipe infer FILE IMAGE... [--invert auto|yes|no] [--json]
                                                 classify PNG/JPEG/NPY digit images (see hailopipe.images)
@@ -11,7 +13,8 @@
 Installed by `pip install -e .` (entry point `hailopipe = hailopipe.cli:main`); also
 `python -m hailopipe.cli`.  Every subcommand has --help.  Results go to stdout, progress bars and
 errors to stderr; bad input (missing or wrong-kind file, unreadable image, bad option) ends with
-one `error: ...` line and exit status 1, never a traceback.
+one `error: ...` line and exit status 1 (2 for `check`, whose 1 means "not compatible"), never a
+traceback.
 
 run / benchmark time the legacy vstreams flow (InferVStreams.infer on batches) on frames of the
 input stream's shape: random (fixed seed) or zeros, one pool reused as hailortcli does.  FPS =
@@ -34,10 +37,14 @@ from hailopipe.errors import PipelineError, run_main
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage errors as one `error:` line and exit status 1, like every other bad input."""
+    """Usage errors as one `error:` line and exit status 1 (`usage_status`), like every other bad input."""
+
+    usage_status = 1
 
     def error(self, message):
-        raise PipelineError(f"{self.prog}: {message} (see --help)")
+        err = PipelineError(f"{self.prog}: {message} (see --help)")
+        err.exit_status = self.usage_status
+        raise err
 
 
 def _emit_json(obj) -> None:
@@ -54,7 +61,7 @@ def describe_hef(args) -> None:
         _emit_json({**parse_hef.to_json(info), "compile_report": compiled.report if compiled else None})
         return
     style = {None: None, "4": "hailort4", "5": "hailort5"}[args.hailort]
-    text = parse_hef.describe(info, style=style, quantization=args.verbose)
+    text = parse_hef.describe(info, style=style, streams=args.parse_streams, quantization=args.verbose)
     if compiled:  # stdout stays hailortcli's text; what the file is goes to stderr (and --verbose)
         print(f"note: {args.file} is hailopipe's emulated compiled file ({info.sdk_version}): it runs on the "
               "hailopipe emulator only, a Hailo device cannot load it", file=sys.stderr)
@@ -67,9 +74,12 @@ def describe_hef(args) -> None:
         print(text, end="")
         report = compiled.report
         print("Layers:")
-        for name, layer in report["layers"].items():
-            print(f"    {name}: {layer['input_shape'][0]} -> {layer['output_shape'][0]}, {layer['activation']}, "
-                  f"{layer['precision_mode']}, {layer['macs']:,} MACs")
+        q = compiled.qnet
+        for name in ([q.normalization.name] if q.normalization else []) + [layer.name for layer in q.layers]:
+            layer = report["layers"][name]  # in network order (the file's JSON keeps its keys sorted)
+            shape_in, shape_out = ("x".join(map(str, layer[k])) for k in ("input_shape", "output_shape"))
+            print(f"    {name}: {shape_in} -> {shape_out}, {layer['activation']}, {layer['precision_mode']}, "
+                  f"{layer['macs']:,} MACs")
         t = report["total"]
         print(f"Total: {t['layers']} layers, {t['macs']:,} MACs, {t['weight_bytes']:,} bytes of weights and biases")
     else:
@@ -77,20 +87,46 @@ def describe_hef(args) -> None:
         print(text, end="")
 
 
+def _quantization(layer) -> dict:
+    return {"precision_mode": f"a{layer.out_bits}_w{layer.w_bits}",
+            "weight_scale": [float(layer.w_scale.min()), float(layer.w_scale.max())],
+            "per_channel": bool(np.unique(layer.w_scale).size > 1), "output_scale": layer.out_scale,
+            "output_zero_point": layer.out_zp, "calibrated_range": list(layer.limvals)}
+
+
+def check(args) -> None:
+    """The compatibility verdict; exit 0 if the device runs the file, 1 if not, 2 for bad input."""
+    from hailopipe.formats import compatibility
+
+    try:
+        verdict = compatibility.check(args.file, args.device, args.hailort)
+    except PipelineError as exc:
+        exc.exit_status = 2
+        raise
+    if args.json:
+        _emit_json(verdict.to_json())
+    else:
+        print(verdict.text(), end="")
+    sys.exit(0 if verdict.compatible else 1)
+
+
 def _har_summary(h) -> dict:
     net, q = h.net, h.qnet
     layers = [{"name": "input_layer1", "type": "input", "output_shape": list(net.input_shape), "params": 0}]
+    if net.normalization is not None:
+        n = net.normalization
+        entry = {"name": n.name, "type": "normalization", "activation": "linear",
+                 "input_shape": list(net.input_shape), "output_shape": list(net.input_shape),
+                 "params": int(n.kernel.size + n.bias.size)}
+        if q is not None and q.normalization is not None:
+            entry["quantization"] = _quantization(q.normalization)
+        layers.append(entry)
     for i, d in enumerate(net.layers):
         entry = {"name": d.name, "type": "dense", "activation": d.activation,
                  "input_shape": [int(d.kernel.shape[0])], "output_shape": [int(d.kernel.shape[1])],
                  "params": int(d.kernel.size + d.bias.size)}
         if q is not None:
-            layer = q.layers[i]
-            entry["quantization"] = {
-                "precision_mode": f"a{layer.out_bits}_w{layer.w_bits}",
-                "weight_scale": [float(layer.w_scale.min()), float(layer.w_scale.max())],
-                "per_channel": bool(np.unique(layer.w_scale).size > 1), "output_scale": layer.out_scale,
-                "output_zero_point": layer.out_zp, "calibrated_range": list(layer.limvals)}
+            entry["quantization"] = _quantization(q.layers[i])
         layers.append(entry)
     if q is not None:
         layers[0]["quantization"] = {"bits": q.input_bits, "output_scale": q.input_scale,
@@ -113,11 +149,13 @@ def describe_har(args) -> None:
     emulated = ", emulated" if s["emulated"] else ""
     made = f"{s['emulator']}, SDK {s['sdk_version']} layout" if s["emulator"] else f"SDK {s['sdk_version']}"
     print(f"HAR: {args.file} ({made}{emulated})\nState: {s['state']}\nTarget: {s['hw_arch']}")
-    print(f"Network: {s['network']}, {len(s['layers']) - 1} Dense layers, {s['total_params']:,} parameters")
-    print(f"    {'layer':<14}{'input':>8}{'output':>10}  {'activation':<11}{'params':>10}")
+    dense = sum(layer["type"] == "dense" for layer in s["layers"])
+    norm = " and a normalization layer" if any(layer["type"] == "normalization" for layer in s["layers"]) else ""
+    print(f"Network: {s['network']}, {dense} Dense layers{norm}, {s['total_params']:,} parameters")
+    print(f"    {'layer':<16}{'input':>8}{'output':>10}  {'activation':<11}{'params':>10}")
     for layer in s["layers"]:
         shape_in = "x".join(map(str, layer.get("input_shape", []))) or "-"
-        print(f"    {layer['name']:<14}{shape_in:>8}{'x'.join(map(str, layer['output_shape'])):>10}  "
+        print(f"    {layer['name']:<16}{shape_in:>8}{'x'.join(map(str, layer['output_shape'])):>10}  "
               f"{layer.get('activation', '-'):<11}{layer['params']:>10,}")
     if s["state"] not in ("quantized_model", "compiled_model"):
         print("Quantization: none (not optimized yet)")
@@ -132,7 +170,7 @@ def describe_har(args) -> None:
             ws = qi["weight_scale"]
             head = (f"{qi['precision_mode']}, weight scale {ws[0]:.4g}..{ws[1]:.4g} "
                     f"({'per channel' if qi['per_channel'] else 'per tensor'})")
-        print(f"    {layer['name']:<14}{head}, output scale {qi['output_scale']:.6g}, "
+        print(f"    {layer['name']:<16}{head}, output scale {qi['output_scale']:.6g}, "
               f"zero point {qi['output_zero_point']}, calibrated range [{lo:.6g}, {hi:.6g}]")
     if s["calibset_size"]:
         print(f"Calibration: {s['calibset_size']} images")
@@ -153,7 +191,9 @@ def infer(args) -> None:
                                 "square single-channel image classifier")
         inp.set_format_type(FormatType.FLOAT32)
         out.set_format_type(FormatType.FLOAT32)
+        lo, hi = inp.quant_infos[0].limvals_min, inp.quant_infos[0].limvals_max  # the stream's range: raw pixels 0-255
         prepared = [(path, *images.load_digit(path, args.invert, inp.shape[0])) for path in args.images]
+        prepared = [(path, (lo + x * (hi - lo)).astype(np.float32), inverted) for path, x, inverted in prepared]
         results = []
         with model.configure() as cim:
             bindings = cim.create_bindings(output_buffers={out.name: np.empty(out.shape, np.float32)})
@@ -308,10 +348,30 @@ def build_parser() -> argparse.ArgumentParser:
                        "the HEF's architecture: 4.x for Hailo-8/8R/8L, 5.x for Hailo-10/15.")
     s.add_argument("file", help="compiled file (.hef)")
     s.add_argument("--hailort", choices=("4", "5"), help="print as this HailoRT generation's hailortcli does")
+    s.add_argument("--parse-streams", action="store_true", help="also the stream infos (the device side of each "
+                   "vstream: device order and padded shape), as hailortcli parse-hef --parse-streams")
     s.add_argument("--verbose", action="store_true", help="also the file's header and checksum, each vstream's "
                    "quantization and, for an emulated file, its layers")
     s.add_argument("--json", action="store_true", help="machine-readable output, everything")
     s.set_defaults(func=describe_hef)
+
+    from hailopipe.formats.compatibility import DEVICES
+
+    s = sub.add_parser("check", help="can a device run a compiled file, and with which HailoRT",
+                       description="Whether HailoRT would load FILE (a real HEF or hailopipe's emulated file) on a "
+                       "--device, and why not: the checks HailoRT makes (architecture, header version, required "
+                       "extensions, device generation), release by release, from hailort's sources, with the status "
+                       "HailoRT returns.  Exit status 0 if compatible, 1 if not (or no rule is known), 2 for bad "
+                       "input.  An emulated file cannot be loaded by a real device at all; the check then says "
+                       "what hailopipe's emulated VDevice decides.")
+    s.usage_status = 2
+    s.add_argument("file", help="compiled file (.hef)")
+    s.add_argument("--device", required=True, choices=list(DEVICES), metavar="ARCH",
+                   help=f"the device: {', '.join(DEVICES)}")
+    s.add_argument("--hailort", metavar="X.Y[.Z]", help="one HailoRT release (default: every release known, "
+                   "4.15.0 to 5.2.0)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=check)
 
     s = sub.add_parser("parse-har", help="describe a HAR", description="State, layers, shapes, parameter "
                        "counts and per-layer quantization (precision mode, scales, zero points, calibrated ranges).")
@@ -322,8 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("infer", help="classify digit images",
                        description="Classify PNG/JPEG/NPY digit images of any size, grayscale or colour, prepared "
                        "as MNIST was: grayscale, white digit on black, longer side 20 px, centred by mass in 28x28, "
-                       "values in [0, 1].  Prints class, probability (softmax of the dequantized logits) and the "
-                       "inference time per image.")
+                       "then fed as pixel values 0-255 (the input stream's range).  Prints class, probability (softmax "
+                       "of the dequantized logits) and the inference time per image.")
     s.add_argument("file", help="compiled file (.hef) made by hailopipe")
     s.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG or NPY file")
     s.add_argument("--invert", choices=images.INVERT_CHOICES, default="auto",

@@ -120,6 +120,12 @@ def load_split(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return arrays
 
 
+def to_raw(images: np.ndarray) -> np.ndarray:
+    """uint8 [N,28,28] pixels -> float32 NHWC [N,28,28,1] raw values 0-255: what the quantized and
+    compiled models take, their model script normalizing them (HailoRT's FLOAT32 input format)."""
+    return images.astype(np.float32)[..., None]
+
+
 def to_float(images: np.ndarray) -> np.ndarray:
     """uint8 [N,28,28] pixels -> float32 NHWC [N,28,28,1] in [0, 1], the model's input domain."""
     return (images.astype(np.float32) / np.float32(255.0))[..., None]

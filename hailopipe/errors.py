@@ -1,7 +1,8 @@
 """One error type for every expected failure, and the wrapper that turns it into one clear line.
 
 Every reader and stage raises `PipelineError("<file or param>: <what is wrong>")` for bad input;
-`run_main(main)` logs it as a single `error:` line and exits with status 1, so users never see a
+`run_main(main)` logs it as a single `error:` line and exits with status 1 (or the error's
+`exit_status`: `hailopipe check` uses 2, its 1 meaning "not compatible"), so users never see a
 traceback from deep inside a library.  Unexpected exceptions still show their traceback: those are
 bugs, not bad input.
 """
@@ -17,6 +18,8 @@ log = logging.getLogger("hailopipe")
 
 class PipelineError(Exception):
     """Bad input, bad params or a broken file: the message names what and why, in one line."""
+
+    exit_status = 1  # what run_main exits with
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -38,7 +41,7 @@ def run_main(main: Callable[[], None]) -> None:
         main()
     except PipelineError as exc:
         log.error("error: %s", exc)
-        sys.exit(1)
+        sys.exit(exc.exit_status)
     except KeyboardInterrupt:
         log.error("error: interrupted")
         sys.exit(130)

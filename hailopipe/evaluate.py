@@ -1,8 +1,9 @@
 """The evaluate step: accuracy of the float, quantized and compiled models on the validation set.
 
 (a) float: the exported TFLite model run by LiteRT's reference kernels (no TensorFlow import);
-(b) quantized: the quantized HAR emulated by the backend (SDK_QUANTIZED);
-(c) compiled: the compiled file run through the runtime with float32 streams.
+(b) quantized: the quantized HAR emulated by the backend (SDK_QUANTIZED), on raw pixels 0-255
+    (its model script's normalization maps them to the model's pixels / 255);
+(c) compiled: the compiled file run through the runtime with FLOAT32 streams, raw pixels in.
 Also: the confusion matrix of (c), how many predictions (b) and (c) disagree on (0 for a faithful
 compile), the float HAR against the TFLite logits (a check of the parser), and artefact sizes.
 
@@ -17,6 +18,8 @@ import logging
 import os
 
 import numpy as np
+
+from hailopipe import data
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +47,15 @@ def confusion(pred: np.ndarray, labels: np.ndarray, classes: int = 10) -> np.nda
     return m
 
 
-def evaluate(backend, tflite_path, har_path, qhar_path, hef_path, x: np.ndarray,
+def evaluate(backend, tflite_path, har_path, qhar_path, hef_path, pixels: np.ndarray,
              y: np.ndarray) -> tuple[dict, np.ndarray]:
-    """Metrics dict and the compiled model's predictions."""
-    c = backend.infer_compiled(hef_path, x)  # first: without a device (hailo backend) fail before the rest
+    """Metrics dict and the compiled model's predictions, for uint8 [N, 28, 28] `pixels`: the float
+    models take pixels / 255, the quantized and compiled ones raw pixels (their script normalizes)."""
+    x, raw = data.to_float(pixels), data.to_raw(pixels)
+    c = backend.infer_compiled(hef_path, raw)  # first: without a device (hailo backend) fail before the rest
     fl = tflite_logits(tflite_path, x)
     har_fl = backend.infer_native(har_path, x)
-    q = backend.infer_quantized(qhar_path, x)
+    q = backend.infer_quantized(qhar_path, raw)
     pred = c.argmax(axis=1)
     metrics = {
         "float": {"accuracy": accuracy(fl, y)},

@@ -21,9 +21,10 @@ def selection(p: Params, n: int) -> tuple[int, str, int]:
 
 
 def images(p: Params, x_val: np.ndarray) -> np.ndarray:
-    """The calibration images (NHWC float32) that params.yaml's `calibration` section selects."""
+    """The calibration images that params.yaml's `calibration` section selects, as raw pixels (NHWC
+    float32, 0-255: the SDK's calibration data when the model script normalizes)."""
     size, how, seed = selection(p, len(x_val))
     idx = calibration.indices(len(x_val), size, how, seed)
     log.info("calibration: %d of %d validation images (%s%s)", size, len(x_val), how,
              f", seed {seed}" if how == "random" else "")
-    return data.to_float(x_val[idx])
+    return data.to_raw(x_val[idx])

@@ -20,7 +20,7 @@ def main() -> None:
     p = params.load()
     backend = shared.backend(p, "evaluate")
     arrays = data.load_split(DATA)
-    x, y = data.to_float(arrays["x_val"]), arrays["y_val"]
+    x, y = arrays["x_val"], arrays["y_val"]
     metrics, pred = evaluate.evaluate(backend, TFLITE, HAR, QHAR, HEF, x, y)
     write_json(METRICS, metrics)
     rows = "".join(f"{a},{b}\n" for a, b in zip(y.tolist(), pred.tolist()))

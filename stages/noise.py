@@ -33,7 +33,7 @@ def main() -> None:
     backend = shared.backend(p, "noise")
     x_val = data.load_split(DATA)["x_val"]
     dataset = p.choice("noise.dataset", DATASETS)
-    x = calibration.images(p, x_val) if dataset == "calibration" else data.to_float(x_val)
+    x = calibration.images(p, x_val) if dataset == "calibration" else data.to_raw(x_val)
     metrics, table = noise.report(backend.analyze_noise(HAR, QHAR, x))
     write_json(METRICS, metrics)
     write_bytes(PLOT, table.encode())

@@ -20,6 +20,15 @@ log = logging.getLogger("stages.optimize")
 HAR, DATA, OUT = "models/mnist.har", "data/mnist.npz", "models/mnist_quantized.har"
 
 
+def normalization(p: params.Params) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """optimize.normalization's mean and std (raw pixels -> the model's domain), one value or one per channel."""
+    mean, std = p.float_list("optimize.normalization.mean"), p.float_list("optimize.normalization.std", above=0.0)
+    if len(mean) != len(std):
+        raise p.fail("optimize.normalization", "must give as many std values as mean values",
+                     p.mapping("optimize.normalization"))
+    return tuple(mean), tuple(std)
+
+
 def config(p: params.Params, calib_size: int, layers: list[str] | None, modes) -> OptimizeConfig:
     """The OptimizeConfig params.yaml asks for, every value checked (precision against the network's
     `layers` and the backend's `modes`, each unless None)."""
@@ -40,7 +49,7 @@ def config(p: params.Params, calib_size: int, layers: list[str] | None, modes) -
     return OptimizeConfig(
         calib_size=calib_size,
         per_channel=p.choice("optimize.weights", ("per_channel", "per_tensor")) == "per_channel",
-        input_range=p.float_pair("optimize.input_range"), precision=precision,
+        normalization=normalization(p), precision=precision,
         optimization_level=p.int("optimize.optimization_level", min(LEVELS), max(LEVELS)),
         clipping_mode=p.choice("optimize.activation_clipping.mode", CLIPPING_MODES),
         clipping_values=clipping_values, finetune=ft)
@@ -59,6 +68,8 @@ def main() -> None:
              cfg.optimization_level, cfg.clipping_mode, "per_channel" if cfg.per_channel else "per_tensor",
              cfg.precision or "a8_w8")
     summary = backend.optimize(HAR, OUT, calib, cfg, p.hw_arch())
+    if "applied" in summary:
+        log.info("optimize: applied %s", ", ".join(f"{k} {v}" for k, v in summary["applied"].items()))
     for warning in summary.get("warnings", []):  # the SDK's own warnings that change the result
         log.warning("optimize: warning from the %s backend: %s", p.str("backend"), warning)
     log.info("optimize: wrote %s", OUT)

@@ -73,6 +73,20 @@ class Params:
                 raise self.fail(f"{key}[{i}]", f"must be an integer {bound}", item)
         return list(value)
 
+    def float_list(self, key: str, lo: float | None = None, above: float | None = None) -> list[float]:
+        """A non-empty list of finite numbers, each >= `lo` and > `above` where given."""
+        value = self._lookup(key)
+        if not isinstance(value, list) or not value:
+            raise self.fail(key, "must be a non-empty list of numbers", value)
+        for i, item in enumerate(value):
+            if (isinstance(item, bool) or not isinstance(item, (int, float)) or item != item
+                    or item in (float("inf"), float("-inf"))):
+                raise self.fail(f"{key}[{i}]", "must be a finite number", item)
+            _check_range(self, f"{key}[{i}]", float(item), lo, None)
+            if above is not None and not item > above:
+                raise self.fail(f"{key}[{i}]", f"must be > {above:g}", item)
+        return [float(v) for v in value]
+
     def float_pair(self, key: str) -> tuple[float, float]:
         value = self._lookup(key)
         if (not isinstance(value, list) or len(value) != 2

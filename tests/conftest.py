@@ -25,7 +25,14 @@ def subset():
 
 @pytest.fixture(scope="session")
 def val_images(subset):
+    """Validation digits in the model's domain (pixels / 255) and their labels."""
     return data.to_float(subset["x_val"]), subset["y_val"]
+
+
+@pytest.fixture(scope="session")
+def val_raw(subset):
+    """The same digits as raw pixels 0-255 (float32 NHWC): what quantized networks take."""
+    return data.to_raw(subset["x_val"])
 
 
 def random_network(hidden=(32, 16), seed=0, name="net", scale=0.1) -> Network:
@@ -34,8 +41,8 @@ def random_network(hidden=(32, 16), seed=0, name="net", scale=0.1) -> Network:
     layers = []
     for i, (k, c) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
         act = "relu" if i < len(sizes) - 1 else "linear"
-        layers.append(Dense(f"dense{i}", (rng.standard_normal((k, c)) * scale / np.sqrt(k / 16)).astype(np.float32),
-                            (rng.standard_normal(c) * 0.05).astype(np.float32), act, [f"orig/dense{i}"]))
+        layers.append(Dense(f"fc{i}", (rng.standard_normal((k, c)) * scale / np.sqrt(k / 16)).astype(np.float32),
+                            (rng.standard_normal(c) * 0.05).astype(np.float32), act, [f"orig/fc{i}"]))
     return Network(name, (28, 28, 1), layers)
 
 
@@ -79,5 +86,11 @@ def fitted_net(subset):
 
 
 @pytest.fixture(scope="session")
-def fitted_qnet(fitted_net, val_images):
-    return optimizer.quantize_network(fitted_net, val_images[0][:200], OptimizeConfig(calib_size=200))
+def fitted_qnet(fitted_net, val_raw):
+    return optimizer.quantize_network(fitted_net, val_raw[:200], OptimizeConfig(calib_size=200))
+
+
+@pytest.fixture(scope="session")
+def fitted_norm_net(fitted_net):
+    """`fitted_net` as the quantized HAR's HN has it: with the model script's normalization1 layer."""
+    return optimizer.with_normalization(fitted_net, OptimizeConfig())

@@ -337,14 +337,14 @@ PATH_CASES = [("path:missing", _missing), ("path:directory", _dir), ("path:fifo"
 def tiny_net(seed: int = 0, hidden=(4,), shape=(2, 2, 1)) -> Network:
     rng = np.random.default_rng(seed)
     sizes = (int(np.prod(shape)), *hidden, 3)
-    layers = [Dense(f"dense{i}", rng.standard_normal((k, c)).astype(np.float32),
+    layers = [Dense(f"fc{i}", rng.standard_normal((k, c)).astype(np.float32),
                     rng.standard_normal(c).astype(np.float32), "relu" if i < len(sizes) - 1 else "linear",
-                    [f"orig/dense{i}"]) for i, (k, c) in enumerate(zip(sizes[:-1], sizes[1:]), start=1)]
+                    [f"orig/fc{i}"]) for i, (k, c) in enumerate(zip(sizes[:-1], sizes[1:]), start=1)]
     return Network("net", shape, layers)
 
 
 def tiny_qnet(net: Network):
-    calib = np.random.default_rng(1).random((16, *net.input_shape), dtype=np.float32)
+    calib = np.random.default_rng(1).random((16, *net.input_shape), dtype=np.float32) * np.float32(255)  # raw pixels
     return optimizer.quantize_network(net, calib, OptimizeConfig(calib_size=16))
 
 

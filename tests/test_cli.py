@@ -40,11 +40,11 @@ def label_of(path) -> int:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory, fitted_net, fitted_qnet):
+def files(tmp_path_factory, fitted_net, fitted_norm_net, fitted_qnet):
     d = tmp_path_factory.mktemp("cli")
     (d / "m.hef").write_bytes(ehef.compile_network(fitted_qnet, "hailo8l"))
     har.save(har.Har("hailo_model", fitted_net, metadata={"hw_arch": "hailo8l"}), d / "float.har")
-    har.save(har.Har("quantized_model", fitted_net, fitted_qnet, {"hw_arch": "hailo8l", "calibset_size": 200,
+    har.save(har.Har("quantized_model", fitted_norm_net, fitted_qnet, {"hw_arch": "hailo8l", "calibset_size": 200,
                                                                    "model_script": "normalization1 = normalization([0], [255])\n"}),
              d / "q.har")
     return d
@@ -70,14 +70,14 @@ def test_parse_hef_emulated(files):
                         "    Network name: net/net\n"
                         "        VStream infos:\n"
                         "            Input  net/input_layer1 UINT8, NHWC(28x28x1)\n"
-                        "            Output net/dense3 UINT8, NC(10)\n")
+                        "            Output net/fc3 UINT8, NC(10)\n")
     assert "emulated compiled file" in p.stderr and "a Hailo device cannot load it" in p.stderr
     text = cli("parse-hef", files / "m.hef", "--hailort", "5", "--verbose").stdout
     assert "Emulated HEF" in text and "a Hailo device cannot load it" in text
     assert "HEF Compatible for: HAILO8L, HAILO8\n" in text
     assert f"HEF Compiler Version: {meta['compiler']}" in text
     assert f"qp_zp={meta['outputs'][0]['qp_zp']}," in text
-    assert "dense1: 784 -> 64, relu, a8_w8, 50,176 MACs" in text
+    assert "fc1: 784 -> 64, relu, a8_w8, 50,176 MACs" in text
     js = json.loads(cli("parse-hef", files / "m.hef", "--json").stdout)
     (group,) = js["network_groups"]
     assert js["emulated"] is True and js["hw_arch"] == "HAILO8L" and group["name"] == "net"
@@ -111,13 +111,16 @@ def test_parse_hef_real():
 
 
 def test_parse_har(files, fitted_net, fitted_qnet):
-    params = sum(entry.kernel.size + entry.bias.size for entry in fitted_net.layers)
+    params = sum(entry.kernel.size + entry.bias.size for entry in fitted_net.layers) + 2  # + normalization1's
     text = cli("parse-har", files / "q.har").stdout
     assert "State: quantized_model" in text and "Target: hailo8l" in text and f"{params:,} parameters" in text
     assert "Calibration: 200 images" in text and "normalization1 = normalization([0], [255])" in text
+    assert "3 Dense layers and a normalization layer" in text
     js = json.loads(cli("parse-har", files / "q.har", "--json").stdout)
-    assert js["total_params"] == params and [entry["name"] for entry in js["layers"]] == ["input_layer1", "dense1", "dense2", "dense3"]
-    for entry, layer in zip(js["layers"][1:], fitted_qnet.layers):
+    assert js["total_params"] == params and [entry["name"] for entry in js["layers"]] == [
+        "input_layer1", "normalization1", "fc1", "fc2", "fc3"]
+    assert js["layers"][1]["quantization"]["output_scale"] == np.float32(1 / 255)
+    for entry, layer in zip(js["layers"][2:], fitted_qnet.layers):
         qi = entry["quantization"]
         assert qi["precision_mode"] == "a8_w8" and qi["output_zero_point"] == layer.out_zp
         assert qi["output_scale"] == layer.out_scale and qi["calibrated_range"] == list(layer.limvals)
@@ -143,7 +146,7 @@ def test_infer_json_is_the_api_on_prepared_images(files, subset):
     agree = 0
     for r, path in zip(js["results"], DIGITS):
         x, inverted = images.load_digit(path)
-        logits = model.run_float(x)[0].astype(np.float64)
+        logits = model.run_float(x * np.float32(255))[0].astype(np.float64)  # the stream takes raw pixels
         p = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
         assert r["class"] == int(p.argmax()) and r["probability"] == pytest.approx(p.max(), abs=1e-12)
         assert sum(r["probabilities"]) == pytest.approx(1, abs=1e-4) and r["time_ms"] > 0
@@ -155,7 +158,7 @@ def test_infer_json_is_the_api_on_prepared_images(files, subset):
             assert differ.sum() <= 8 and (original[differ] < images.INK).all(), path.name
         else:
             assert np.corrcoef(x.ravel(), original.ravel())[0, 1] >= 0.7, path.name
-        agree += r["class"] == model.run_float(original[..., None]).argmax()
+        agree += r["class"] == model.run_float(original[..., None] * np.float32(255)).argmax()
     assert agree >= len(DIGITS) - 4, f"only {agree}/{len(DIGITS)} styled images match the original digit's class"
 
 

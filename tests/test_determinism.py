@@ -133,7 +133,7 @@ def after_train_variants() -> dict[str, dict]:
 
 @pytest.mark.parametrize("optimize", [
     {},  # the default: a8_w8, optimization level 2 (statistics, fine-tune, bias correction)
-    {"activation_clipping": {"mode": "mse", "clipping_values": [0.0, 99.99]}, "precision": {"dense2": "a16_w16"}},
+    {"activation_clipping": {"mode": "mse", "clipping_values": [0.0, 99.99]}, "precision": {"fc2": "a16_w16"}},
 ], ids=["default", "mse-a16"])
 def test_everything_after_train_gives_the_same_bytes_under_every_variant(trained, tmp_path, optimize):
     _, model_dir = trained

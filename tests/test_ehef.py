@@ -40,15 +40,20 @@ def test_stream_infos(compiled, fitted_qnet):
     m = ehef.load(compiled)
     (i,), (o,) = m.meta["inputs"], m.meta["outputs"]
     assert i["name"] == "net/input_layer1" and i["shape"] == [28, 28, 1] and i["order"] == "NHWC"
-    assert i["format_type"] == "UINT8" and i["qp_zp"] == 0 and abs(i["qp_scale"] - 1 / 255) < 1e-9
-    assert o["name"] == "net/dense3" and o["shape"] == [10] and o["order"] == "NC"
+    # raw pixels with identity quantization, as the real Hailo-8 MNIST HEF's input (the normalization is a layer)
+    assert i["format_type"] == "UINT8" and (i["qp_zp"], i["qp_scale"], i["limvals_min"], i["limvals_max"]) == (0, 1, 0, 255)
+    assert o["name"] == "net/fc3" and o["shape"] == [10] and o["order"] == "NC"
     assert o["qp_zp"] == fitted_qnet.output.out_zp + 128
 
 
 def test_compile_report(fitted_qnet):
     r = ehef.layer_report(fitted_qnet)
-    assert r["layers"]["dense1"]["macs"] == 784 * 64
-    assert r["total"]["macs"] == 784 * 64 + 64 * 32 + 32 * 10
+    assert list(r["layers"]) == ["normalization1", "fc1", "fc2", "fc3"]
+    assert r["layers"]["normalization1"] == {"input_shape": [28, 28, 1], "output_shape": [28, 28, 1], "macs": 784,
+                                             "weight_bytes": 1, "bias_bytes": 4, "precision_mode": "a8_w8",
+                                             "activation": "linear"}
+    assert r["layers"]["fc1"]["macs"] == 784 * 64
+    assert r["total"]["macs"] == 784 + 784 * 64 + 64 * 32 + 32 * 10 and r["total"]["layers"] == 4
 
 
 def _expect_error(path, words):
@@ -96,5 +101,5 @@ def test_stream_records_are_the_description(compiled, fitted_qnet):
     assert (i.name, i.format.type.name, i.format.order.name, i.shape) == \
         ("net/input_layer1", "UINT8", "NHWC", (28, 28, 1))
     assert (o.name, o.format.order.name, o.shape, o.quant_info.qp_zp) == \
-        ("net/dense3", "NC", (10,), float(fitted_qnet.output.out_zp + 128))
+        ("net/fc3", "NC", (10,), float(fitted_qnet.output.out_zp + 128))
 

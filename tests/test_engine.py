@@ -60,8 +60,8 @@ def random_inputs(qnet, n, seed, bits=None):
     return np.concatenate([q, extremes]).astype(arithmetic.storage_dtype(bits))
 
 
-CASES = [((32, 16), {}, True), ((64,), {}, False), ((128, 64), {"dense3": "a16_w16"}, True),
-         ((48, 24), {"dense1": "a16_w16", "dense2": "a16_w16", "dense3": "a16_w16"}, True),
+CASES = [((32, 16), {}, True), ((64,), {}, False), ((128, 64), {"fc3": "a16_w16"}, True),
+         ((48, 24), {"fc1": "a16_w16", "fc2": "a16_w16", "fc3": "a16_w16"}, True),
          ((1100, 8), {}, True)]
 
 
@@ -145,7 +145,7 @@ def test_odd_widths(kernel, shape, hidden):
     """Input and layer widths that are not multiples of the kernel's padding (16)."""
     rng = np.random.default_rng(len(hidden))
     sizes = (int(np.prod(shape)), *hidden, 10)
-    layers = [Dense(f"dense{i}", rng.standard_normal((k, c)).astype(np.float32), rng.standard_normal(c).astype(np.float32),
+    layers = [Dense(f"fc{i}", rng.standard_normal((k, c)).astype(np.float32), rng.standard_normal(c).astype(np.float32),
                     "relu" if i < len(sizes) - 1 else "linear") for i, (k, c) in enumerate(zip(sizes, sizes[1:]), 1)]
     qnet = make_qnet(None, 2, {}, True, net=Network("odd", shape, layers))
     q_in = random_inputs(qnet, 50, 3)
@@ -155,7 +155,7 @@ def test_odd_widths(kernel, shape, hidden):
 def sixteen_bit_layer(out_bits: int) -> QNetwork:
     """A one-layer network (as run_layer builds) with 16-bit inputs and 8-bit weights: the
     second layer of a network whose first layer is a16_w16; optionally with 16-bit outputs too."""
-    qnet = make_qnet((48, 24), 4, {"dense1": "a16_w16"}, True)
+    qnet = make_qnet((48, 24), 4, {"fc1": "a16_w16"}, True)
     layer = dataclasses.replace(qnet.layers[1], out_bits=out_bits)
     return QNetwork(layer.name, (1, 1, layer.kernel.shape[0]), layer.in_scale, layer.in_zp, 16, (0.0, 0.0), [layer])
 

@@ -31,6 +31,8 @@ import pytest
 
 from hailopipe.fileio import json_bytes, load_npz, npz_bytes
 from hailopipe.formats import har, hn, qnpz
+from hailopipe.quantization.config import OptimizeConfig
+from hailopipe.quantization.optimizer import with_normalization
 from tests.conftest import random_network
 from tests.fuzzing import (
     JSON_VALUES,
@@ -147,7 +149,7 @@ def hostile_har(members: list[tuple[str, bytes]], seed: bytes) -> Iterator[tuple
 def har_cases(rng) -> Iterator[tuple[str, bytes]]:
     net = tiny_net()
     q = tiny_qnet(net)
-    plain, quant = har.Har("hailo_model", net), har.Har("quantized_model", net, q)
+    plain, quant = har.Har("hailo_model", net), har.Har("quantized_model", with_normalization(net, OptimizeConfig()), q)
     seeds = [har.har_bytes(plain), har.har_bytes(quant),
              har.har_bytes(har.Har("hailo_model", random_network((8,), name="net")))]
     yield from raw_cases(rng, seeds, 550)
@@ -237,7 +239,7 @@ def hn_cases(rng) -> Iterator[tuple[str, bytes]]:
     for _ in range(150):
         kind, text = mutate_bytes(rng, json_bytes(graph))
         yield f"text:{kind}", pack(text)
-    L = "net/dense1", "net/dense2", "net/input_layer1", "net/output_layer1"
+    L = "net/fc1", "net/fc2", "net/input_layer1", "net/output_layer1"
 
     def edited(fn) -> bytes:
         doc = copy.deepcopy(graph)
@@ -256,8 +258,8 @@ def hn_cases(rng) -> Iterator[tuple[str, bytes]]:
     yield "hostile:original-names-dict", pack(edited(lambda layers: layers[L[0]].update(original_names={"a": 1})))
     for bad in (np.nan, np.inf, -np.inf):
         weights = dict(hn.weights(net))
-        weights["net/dense1/kernel:0"] = weights["net/dense1/kernel:0"].copy()
-        weights["net/dense1/kernel:0"][0, 0] = bad
+        weights["net/fc1/kernel:0"] = weights["net/fc1/kernel:0"].copy()
+        weights["net/fc1/kernel:0"][0, 0] = bad
         yield f"hostile:weights-{bad}", pack(json_bytes(graph), npz_bytes(weights))
     as_f64 = {k: v.astype(np.float64) for k, v in hn.weights(net).items()}
     yield "hostile:float64-weights", pack(json_bytes(graph), npz_bytes(as_f64))
@@ -330,8 +332,9 @@ def npz_float_format() -> Format:
 def npz_quant_format() -> Format:
     net = tiny_net()
     arrays = qnpz.to_arrays(tiny_qnet(net))
+    normalized = with_normalization(net, OptimizeConfig())
     return Format("npz-quantized (.q.npz)", "net.q.npz", npz_cases_for(arrays),
-                  lambda p: qnpz.from_arrays(load_npz(p), net, str(p)))
+                  lambda p: qnpz.from_arrays(load_npz(p), normalized, str(p)))
 
 
 FORMATS = {f.name: f for f in [Format("har", "m.har", har_cases, har.load),

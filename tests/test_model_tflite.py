@@ -39,7 +39,7 @@ def test_parser_reads_the_keras_graph(trained, val_images):
     keras_model, paths = trained[0]
     net = tflite.read(paths["tflite"], "mnist")
     assert [(layer.name, layer.kernel.shape, layer.activation) for layer in net.layers] == [
-        ("dense1", (784, 32), "relu"), ("dense2", (32, 16), "relu"), ("dense3", (16, 10), "linear")]
+        ("fc1", (784, 32), "relu"), ("fc2", (32, 16), "relu"), ("fc3", (16, 10), "linear")]
     assert net.input_shape == (28, 28, 1)
     x = val_images[0][:64]
     np.testing.assert_allclose(network.forward(net, x), keras_model.predict(x, verbose=0), atol=1e-4)

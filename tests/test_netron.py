@@ -40,11 +40,11 @@ def open_in_netron(netron_dir: Path, path: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def archives(tmp_path_factory, fitted_net, fitted_qnet):
+def archives(tmp_path_factory, fitted_net, fitted_norm_net, fitted_qnet):
     d = tmp_path_factory.mktemp("hars")
     har.save(har.Har("hailo_model", fitted_net), d / "p.har")
-    har.save(har.Har("quantized_model", fitted_net, fitted_qnet), d / "q.har")
-    har.save(har.Har("compiled_model", fitted_net, fitted_qnet, {}, ehef.compile_network(fitted_qnet, "hailo8")),
+    har.save(har.Har("quantized_model", fitted_norm_net, fitted_qnet), d / "q.har")
+    har.save(har.Har("compiled_model", fitted_norm_net, fitted_qnet, {}, ehef.compile_network(fitted_qnet, "hailo8")),
              d / "c.har")
     return d
 
@@ -54,10 +54,17 @@ def test_netron_opens_every_har(netron_dir, archives, fitted_net, name, quantize
     model = open_in_netron(netron_dir, archives / name)
     assert model["format"] == f"Hailo Archive v{har.SDK_VERSION}"
     (graph,) = model["graphs"]
-    assert [v for a in graph["inputs"] for v in a["values"]] == ["net/input_layer1\nnet/dense1"]
-    assert [v for a in graph["outputs"] for v in a["values"]] == ["net/dense3\nnet/output_layer1"]
-    assert [(n["name"], n["type"]) for n in graph["nodes"]] == [(f"net/{d.name}", "dense") for d in fitted_net.layers]
-    for node, d in zip(graph["nodes"], fitted_net.layers):
+    first = "net/normalization1" if quantized else "net/fc1"  # the model script's layer, after optimize
+    assert [v for a in graph["inputs"] for v in a["values"]] == [f"net/input_layer1\n{first}"]
+    assert [v for a in graph["outputs"] for v in a["values"]] == ["net/fc3\nnet/output_layer1"]
+    nodes = [n for n in graph["nodes"] if n["type"] != "normalization"]  # in the HN's (sorted) key order
+    if quantized:
+        (norm,) = [n for n in graph["nodes"] if n["type"] == "normalization"]
+        assert norm["name"] == "net/normalization1"
+        weights = {a["name"]: a["values"][0]["initializer"] for a in norm["inputs"] if a["values"][0]["initializer"]}
+        assert weights["kernel"] == {"dataType": "int8", "shape": [1]}
+    assert [(n["name"], n["type"]) for n in nodes] == [(f"net/{d.name}", "dense") for d in fitted_net.layers]
+    for node, d in zip(nodes, fitted_net.layers):
         weights = {a["name"]: a["values"][0]["initializer"] for a in node["inputs"] if a["values"][0]["initializer"]}
         k, c = d.kernel.shape
         if quantized:

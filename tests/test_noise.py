@@ -13,24 +13,29 @@ from hailopipe.quantization import arithmetic, noise, optimizer
 from hailopipe.quantization.config import OptimizeConfig
 from tests.conftest import random_network
 
-ALL16 = {"dense1": "a16_w16", "dense2": "a16_w16", "dense3": "a16_w16"}
+ALL16 = {"fc1": "a16_w16", "fc2": "a16_w16", "fc3": "a16_w16"}
 
 
 @pytest.fixture(scope="module")
-def calib(val_images):
-    return val_images[0][:200]
+def calib(val_raw):
+    return val_raw[:200]
+
+
+def analyze(net, qnet, raw):
+    """`noise.analyze` of `qnet` against the float `net` with the model script's normalization, on raw pixels."""
+    return noise.analyze(optimizer.with_normalization(net, OptimizeConfig()), qnet, raw)
 
 
 def snrs(net, qnet, x, key="snr_db"):
-    return [v[key] for v in noise.analyze(net, qnet, x)["layers"].values()]
+    return [v[key] for v in analyze(net, qnet, x)["layers"].values()]
 
 
-@pytest.mark.parametrize("precision", [{}, {"dense2": "a16_w16"}, {"dense3": "a16_w16"}, ALL16])
+@pytest.mark.parametrize("precision", [{}, {"fc2": "a16_w16"}, {"fc3": "a16_w16"}, ALL16])
 @pytest.mark.parametrize("per_channel,hidden", [(True, (32, 16)), (False, (64, 8))])
 def test_stepping_layer_by_layer_equals_the_engine_bit_for_bit(precision, per_channel, hidden):
     net = random_network(hidden, seed=3)
     rng = np.random.default_rng(4)
-    qnet = optimizer.quantize_network(net, rng.uniform(0, 1, (64, 28, 28, 1)).astype(np.float32),
+    qnet = optimizer.quantize_network(net, rng.uniform(0, 255, (64, 28, 28, 1)).astype(np.float32),
                                       OptimizeConfig(per_channel=per_channel, precision=precision))
     q_in = rng.integers(-128, 128, (300, 28, 28, 1)).astype(np.int8)
     outs = noise.quantized_layer_outputs(qnet, q_in)
@@ -47,10 +52,10 @@ def test_snr_definition():
     assert noise.snr_db(np.zeros(3), np.ones(3)) == -math.inf
 
 
-@pytest.mark.parametrize("layer", ["dense1", "dense2", "dense3"])
+@pytest.mark.parametrize("layer", ["fc1", "fc2", "fc3"])
 def test_a16_w16_on_a_layer_raises_its_snr(fitted_net, calib, layer):
-    base = noise.analyze(fitted_net, optimizer.quantize_network(fitted_net, calib, OptimizeConfig()), calib)
-    wide = noise.analyze(fitted_net, optimizer.quantize_network(
+    base = analyze(fitted_net, optimizer.quantize_network(fitted_net, calib, OptimizeConfig()), calib)
+    wide = analyze(fitted_net, optimizer.quantize_network(
         fitted_net, calib, OptimizeConfig(precision={layer: "a16_w16"})), calib)
     # still fed 8-bit inputs, so the gain is what the layer's own weights and output rounding cost
     assert wide["layers"][layer]["isolated_snr_db"] > base["layers"][layer]["isolated_snr_db"] + 3
@@ -77,25 +82,25 @@ def test_unquantized_layer_output_is_infinite_snr(fitted_net, calib):
 
 
 def test_isolated_equals_accumulated_on_the_first_layer(fitted_net, fitted_qnet, calib):
-    first = noise.analyze(fitted_net, fitted_qnet, calib)["layers"]["dense1"]
+    first = analyze(fitted_net, fitted_qnet, calib)["layers"]["fc1"]
     assert first["snr_db"] == first["isolated_snr_db"]
 
 
 def test_report_is_json_safe_and_the_table_lists_every_layer(fitted_net, fitted_qnet, calib):
-    result = noise.analyze(fitted_net, fitted_qnet, calib)
-    result["layers"]["dense1"]["snr_db"] = math.inf
+    result = analyze(fitted_net, fitted_qnet, calib)
+    result["layers"]["fc1"]["snr_db"] = math.inf
     metrics, table = noise.report(result)
     json.dumps(metrics, allow_nan=False)
-    assert metrics["layers"]["dense1"]["snr_db"] == noise.SNR_CAP_DB
+    assert metrics["layers"]["fc1"]["snr_db"] == noise.SNR_CAP_DB
     assert metrics["images"] == len(calib)
     assert metrics["min_snr_db"] == min(v["snr_db"] for v in metrics["layers"].values())
     lines = table.splitlines()
     assert lines[0] == "layer,precision,snr_db,isolated_snr_db"
-    assert [line.split(",")[0] for line in lines[1:]] == ["dense1", "dense2", "dense3"]
+    assert [line.split(",")[0] for line in lines[1:]] == ["fc1", "fc2", "fc3"]
 
 
-def test_analyze_har_reads_both_archives(tmp_path, fitted_net, fitted_qnet, calib):
+def test_analyze_har_reads_both_archives(tmp_path, fitted_net, fitted_norm_net, fitted_qnet, calib):
     har.save(har.Har("hailo_model", fitted_net), tmp_path / "f.har")
-    har.save(har.Har("quantized_model", fitted_net, fitted_qnet), tmp_path / "q.har")
+    har.save(har.Har("quantized_model", fitted_norm_net, fitted_qnet), tmp_path / "q.har")
     got = emulator_noise.analyze_noise(tmp_path / "f.har", tmp_path / "q.har", calib)
-    assert got == noise.analyze(fitted_net, fitted_qnet, calib)
+    assert got == analyze(fitted_net, fitted_qnet, calib)

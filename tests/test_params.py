@@ -31,7 +31,8 @@ def test_repo_params_are_valid():
     ("train: {hidden: []}", lambda p: p.int_list("train.hidden"), "at least 1"),
     ("backend: tpu", lambda p: shared.backend_name(p), "backend must be one of emulator, hailo, got 'tpu'"),
     ("hw_arch: hailo9", lambda p: p.hw_arch(), "hw_arch must be one of"),
-    ("optimize: {input_range: [1, 0]}", lambda p: p.float_pair("optimize.input_range"), "low < high"),
+    ("optimize: {activation_clipping: {clipping_values: [1, 0]}}",
+     lambda p: p.float_pair("optimize.activation_clipping.clipping_values"), "low < high"),
     ("train: {}", lambda p: p.int("train.epochs"), "missing parameter train.epochs"),
 ])
 def test_bad_values(tmp_path, text, call, words):
@@ -60,16 +61,20 @@ def repo_params(tmp_path, **sections):
     return params.load(str(p))
 
 
-LAYERS, MODES = ["dense1", "dense2", "dense3"], ("a8_w8", "a16_w16")
+LAYERS, MODES = ["fc1", "fc2", "fc3"], ("a8_w8", "a16_w16")
 
 
 @pytest.mark.parametrize("change,words", [
-    ({"precision": {"dense9": "a16_w16"}}, "optimize.precision names unknown layer(s) ['dense9']; layers are"),
-    ({"precision": {"dense1": "a4_w4"}}, "optimize.precision.dense1 must be a precision mode, one of a8_w8, a16_w16"),
+    ({"precision": {"fc9": "a16_w16"}}, "optimize.precision names unknown layer(s) ['fc9']; layers are"),
+    ({"precision": {"fc1": "a4_w4"}}, "optimize.precision.fc1 must be a precision mode, one of a8_w8, a16_w16"),
     ({"optimization_level": 3}, "optimize.optimization_level must be between 0 and 2, got 3"),
     ({"activation_clipping.mode": "kl"}, "optimize.activation_clipping.mode must be one of minmax, percentile, mse"),
     ({"activation_clipping.clipping_values": [5.0, 101.0]}, "clipping_values must be [low, high] percentiles"),
     ({"weights": "per_row"}, "optimize.weights must be one of per_channel, per_tensor"),
+    ({"normalization.std": [0.0]}, "optimize.normalization.std[0] must be > 0, got 0.0"),
+    ({"normalization.std": []}, "optimize.normalization.std must be a non-empty list of numbers"),
+    ({"normalization.mean": ["a"]}, "optimize.normalization.mean[0] must be a finite number, got 'a'"),
+    ({"normalization.mean": [0.0, 1.0]}, "optimize.normalization must give as many std values as mean values"),
 ])
 def test_optimize_params_are_checked_in_the_stage(tmp_path, change, words):
     p = repo_params(tmp_path, optimize=change)
@@ -81,6 +86,7 @@ def test_optimize_params_are_checked_in_the_stage(tmp_path, change, words):
 def test_repo_optimize_params_make_a_config(tmp_path):
     cfg = config(params.load("params.yaml"), 2000, LAYERS, MODES)
     assert cfg.optimization_level == 2 and cfg.calib_size == 2000 and cfg.precision == {}
+    assert cfg.normalization == ((0.0,), (255.0,))  # raw pixels in, the model's pixels / 255 inside
 
 
 @pytest.mark.parametrize("change,words", [

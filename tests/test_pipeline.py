@@ -89,7 +89,7 @@ def test_full_run_builds_everything(repo):
     assert m["compiled"]["disagree_with_quantized"] == 0
     assert m["parse"]["max_abs_logit_diff"] < 1e-3
     n = json.loads((repo / "metrics/noise.json").read_text())
-    assert n["images"] == 200 and set(n["layers"]) == {"dense1", "dense2", "dense3"}
+    assert n["images"] == 200 and set(n["layers"]) == {"fc1", "fc2", "fc3"}
     assert 20 < n["output_snr_db"] < 80
     assert (repo / "metrics/noise_snr.csv").read_text().startswith("layer,precision,snr_db,isolated_snr_db\n")
     assert "error" not in p.stderr.lower()
@@ -122,7 +122,7 @@ def test_noise_dataset_change_reruns_only_the_analysis(repo):
 def test_snr_plot_renders(repo):
     shown = json.loads(run(repo, "dvc", "plots", "show", "--json").stdout)
     snr = shown["data"]["Per-layer SNR, quantized vs float (dB)"][0]["content"]["data"]["values"]
-    assert [row["layer"] for row in snr] == ["dense1", "dense2", "dense3"]
+    assert [row["layer"] for row in snr] == ["fc1", "fc2", "fc3"]
     assert not [e for e in shown.get("errors", []) if e["source"] != "metrics/calibration_sweep.csv"]
 
 
@@ -141,7 +141,7 @@ def test_experiment_run_show_and_metrics_diff(repo):
     assert '"size": 50' in show.replace(" ", "").replace('"size":50', '"size": 50')
     diff = run(repo, "dvc", "metrics", "diff", "--all").stdout
     assert "metrics/evaluate.json" in diff and "compiled.accuracy" in diff
-    assert "metrics/noise.json" in diff and "layers.dense3.snr_db" in diff
+    assert "metrics/noise.json" in diff and "layers.fc3.snr_db" in diff
     params_diff = run(repo, "dvc", "params", "diff").stdout
     assert "calibration.size" in params_diff and "50" in params_diff
 
@@ -196,7 +196,7 @@ def _outputs(repo) -> dict:
 @pytest.mark.parametrize("value,message", [
     ("backend=foo", "backend must be one of emulator, hailo, got 'foo'"),
     ("train.hidden=[0]", "train.hidden[0] must be an integer between 1 and 8192, got 0"),
-    ("+optimize.precision.dense9=a16_w16", "optimize.precision names unknown layer(s) ['dense9']"),
+    ("+optimize.precision.fc9=a16_w16", "optimize.precision names unknown layer(s) ['fc9']"),
 ])
 def test_a_failed_experiment_breaks_nothing(repo, value, message):
     """A bad value is refused with one line before any output is removed (check_params), or, when

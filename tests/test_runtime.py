@@ -47,8 +47,9 @@ def test_stream_infos_match_the_header(hef_path):
     assert h.hw_arch == "hailo8l"
 
 
-def test_hailort_flow_float_and_raw_agree(hef_path, val_images):
-    x, y = val_images
+def test_hailort_flow_float_and_raw_agree(hef_path, val_images, val_raw):
+    """FLOAT32 streams take raw pixels 0-255 (identity input qparams), as a HailoRT user passes them."""
+    x, y = val_raw, val_images[1]
     h = HEF(hef_path)
     with VDevice() as target:
         ng = target.configure(h)[0]
@@ -61,7 +62,7 @@ def test_hailort_flow_float_and_raw_agree(hef_path, val_images):
         raw_in = InputVStreamParams.make(ng, format_type=FormatType.UINT8)
         raw_out = OutputVStreamParams.make(ng, format_type=FormatType.UINT8)
         with InferVStreams(ng, raw_in, raw_out) as pipe:
-            pixels = np.rint(x * 255).astype(np.uint8)
+            pixels = x.astype(np.uint8)
             out_u = pipe.infer(pixels)[out_name]
     assert out_f.dtype == np.float32 and out_u.dtype == np.uint8 and out_f.shape == (len(x), 10)
     q = h.get_output_vstream_infos()[0].quant_info
@@ -71,8 +72,8 @@ def test_hailort_flow_float_and_raw_agree(hef_path, val_images):
 
 def test_float_input_conversion_is_hailort_rounding(hef_path):
     m = InferModel(HEF(hef_path))
-    x = np.array([0.0, 0.4 / 255, 1.6 / 255, 1.0, 7.0, -3.0], np.float32).reshape(1, 1, 6, 1)
-    assert m.quantize_input(x).ravel().tolist() == [0, 0, 2, 255, 255, 0]
+    x = np.array([0.0, 0.4, 1.6, 2.5, 3.5, 255.0, 700.0, -3.0], np.float32).reshape(1, 1, 8, 1)
+    assert m.quantize_input(x).ravel().tolist() == [0, 0, 2, 2, 4, 255, 255, 0]  # half to even, clipped
 
 
 def test_raw_path_is_the_engine(hef_path, fitted_qnet):
@@ -171,13 +172,13 @@ def engine_raw(qnet, pixels):
 
 
 @pytest.mark.parametrize("fmt", [FormatType.FLOAT32, FormatType.UINT8, FormatType.AUTO])
-def test_infer_model_flow_is_the_engine_bit_for_bit(hef_path, fitted_qnet, val_images, fmt):
-    x = val_images[0][:24]
-    pixels = np.rint(x * 255).astype(np.uint8)
+def test_infer_model_flow_is_the_engine_bit_for_bit(hef_path, fitted_qnet, val_raw, fmt):
+    x = val_raw[:24]
+    pixels = x.astype(np.uint8)
     want = engine_raw(fitted_qnet, pixels)
     with VDevice(VDevice.create_params()) as vd:
         im = vd.create_infer_model(str(hef_path))
-        assert im.input_names == ["net/input_layer1"] and im.output_names == ["net/dense3"]
+        assert im.input_names == ["net/input_layer1"] and im.output_names == ["net/fc3"]
         assert im.input().shape == (28, 28, 1) and im.output().shape == (10,)
         assert im.output().quant_infos == [HEF(hef_path).get_output_vstream_infos()[0].quant_info]
         im.input().set_format_type(fmt)
@@ -210,7 +211,7 @@ def test_both_flows_agree_at_the_int8_extremes(hef_path, fitted_qnet):
         ng = vd.configure(h)[0]
         with InferVStreams(ng, InputVStreamParams.make(ng, format_type=FormatType.UINT8),
                            OutputVStreamParams.make(ng, format_type=FormatType.UINT8)) as pipe:
-            legacy = pipe.infer(pixels)["net/dense3"]
+            legacy = pipe.infer(pixels)["net/fc3"]
         im = vd.create_infer_model(hef_path.read_bytes())
         with im.configure() as cim:
             bindings = [cim.create_bindings(input_buffers={"net/input_layer1": p}) for p in pixels]
@@ -282,7 +283,7 @@ def test_legacy_params_must_name_the_streams(hef_path):
         with InferVStreams(ng, InputVStreamParams.make(ng, format_type=FormatType.FLOAT32),
                            OutputVStreamParams.make(ng)) as pipe:
             ints = np.random.default_rng(0).integers(0, 2, (3, 28, 28, 1))
-            np.testing.assert_array_equal(pipe.infer(ints)["net/dense3"],
-                                          pipe.infer(ints.astype(np.float32))["net/dense3"])
+            np.testing.assert_array_equal(pipe.infer(ints)["net/fc3"],
+                                          pipe.infer(ints.astype(np.float32))["net/fc3"])
             with pytest.raises(HailoRTException, match="not numeric"):
                 pipe.infer(np.zeros((1, 28, 28, 1), bool))

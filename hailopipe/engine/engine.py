@@ -6,6 +6,7 @@
     u_out = e.run_stream(u_in)       # unsigned stream values (uint8/uint16) -> unsigned stream values
     e.run(q_in, out=buf)             # either one can write into a preallocated [N, F] array
     q_y = run_layer(qnet.layers[0], q_in)   # one layer alone, as the optimizer and noise analysis step
+    q_in = quantize_input(qnet, raw)        # raw float input -> the first Dense layer's input integers
 
 Per Dense layer (derivation in `arithmetic`):  acc = q_x @ q_w + bias_eff;  q_y = requantize(acc), i.e.
 (3) then the fixed-point (5), exactly.  Two implementations give the same bits:
@@ -24,6 +25,12 @@ Per Dense layer (derivation in `arithmetic`):  acc = q_x @ q_w + bias_eff;  q_y 
   an integer below the format's exact range; the bound max|q_x| * max_c sum_k |q_w[k, c]| picks
   float32 (< 2^24) or float64 (< 2^53) per layer, so the product is exact whatever order BLAS sums
   in; then (5) in int64.  Rows go in chunks of `CHUNK` so temporaries stay small.
+
+A network whose model script normalizes its input (`qnet.normalization`: the input stream carries
+raw values with identity quantization) first maps each input integer through that layer: a table
+of the layer's exact output for every possible input value, per channel (`normalization_table`,
+computed by `run_layer` itself), skipped when it is the identity, as it is for the default
+normalization([0], [255]) (raw pixels, scale 1, become the same integers at scale 1/255).
 
 `Engine(qnet, kernel=...)` picks one: "auto" (the default, or `$HAILOPIPE_KERNEL`), "avx2" (an error
 if it cannot run) or "numpy".  `Engine.kernel` tells which one runs.
@@ -97,6 +104,7 @@ class Engine:
         if kernel not in KERNELS:
             raise PipelineError(f"engine kernel {kernel!r} is not one of {', '.join(KERNELS)}")
         self.qnet = qnet
+        self._table = normalization_table(qnet.normalization) if qnet.normalization is not None else None
         self.in_features = int(qnet.layers[0].kernel.shape[0])
         self.out_features = int(qnet.layers[-1].kernel.shape[1])
         self.output_dtype = arithmetic.storage_dtype(qnet.output.out_bits)
@@ -174,11 +182,15 @@ class Engine:
     def run(self, q, out: np.ndarray | None = None) -> np.ndarray:
         """Storage integers in (int8/int16 [N, ...]) -> storage integers out ([N, F])."""
         x = self._rows(q, self.input_dtype, "input")
+        if self._table is not None:
+            x = _lookup(self.qnet.normalization, self._table, x)
         return self._run(x, self._out(out, len(x), self.output_dtype))
 
     def run_stream(self, u, out: np.ndarray | None = None) -> np.ndarray:
         """Unsigned stream values in (uint8/uint16, u = q - qmin) -> unsigned stream values out."""
         x = self._rows(u, arithmetic.stream_dtype(self.qnet.input_bits), "input stream")
+        if self._table is not None:
+            x = _lookup(self.qnet.normalization, self._table, arithmetic.from_unsigned(x, self.qnet.input_bits))
         return self._run(x, self._out(out, len(x), arithmetic.stream_dtype(self.qnet.output.out_bits)))
 
     def _run(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -190,7 +202,7 @@ class Engine:
         signed_in, signed_out = x.dtype.kind == "i", out.dtype.kind == "i"
         for start in range(0, len(x), CHUNK):
             h = x[start:start + CHUNK]
-            h = h if signed_in else arithmetic.from_unsigned(h, self.qnet.input_bits)
+            h = h if signed_in else arithmetic.from_unsigned(h, self.qnet.layers[0].in_bits)
             for w, bias, layer, lo, hi in self._layers:
                 acc = h.astype(w.dtype) @ w
                 h = arithmetic.requantize(acc.astype(np.int64) + bias, layer.m0, layer.shift, layer.out_zp, lo, hi)
@@ -203,3 +215,35 @@ def run_layer(layer: QDense, q_in: np.ndarray) -> np.ndarray:
     single = QNetwork(layer.name, (1, 1, int(layer.kernel.shape[0])), layer.in_scale, layer.in_zp, layer.in_bits,
                       (0.0, 0.0), [layer])
     return Engine(single).run(q_in)
+
+
+def normalization_table(layer: QDense) -> np.ndarray | None:
+    """The normalization layer's integer output [V, C] for each of the V possible input values (row
+    v - qmin) and channel, from `run_layer`; None when it maps every value to itself."""
+    qmin, qmax = arithmetic.qrange(layer.in_bits)
+    values = np.arange(qmin, qmax + 1, dtype=np.int64)
+    table = run_layer(layer, values[:, None].astype(arithmetic.storage_dtype(layer.in_bits))).astype(np.int64)
+    if layer.out_bits == layer.in_bits and bool((table == values[:, None]).all()):
+        return None
+    return table
+
+
+def _lookup(layer: QDense, table: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Rows [N, H*W*C] of input integers through the table, channel by channel (C fastest, NHWC)."""
+    channels = int(layer.kernel.shape[1])
+    qmin, _ = arithmetic.qrange(layer.in_bits)
+    idx = q.reshape(len(q), -1, channels).astype(np.int64) - qmin
+    out = table[idx, np.arange(channels)]
+    return np.ascontiguousarray(out.reshape(len(q), -1).astype(arithmetic.storage_dtype(layer.out_bits)))
+
+
+def quantize_input(qnet: QNetwork, raw: np.ndarray) -> np.ndarray:
+    """Raw float input [N, H, W, C] (what the input stream's FLOAT32 format takes) -> the integers
+    the first Dense layer receives: quantized with the stream's qparams, clipped to its limvals,
+    then through the normalization layer if there is one."""
+    q = arithmetic.quantize(np.asarray(raw).reshape(len(raw), -1), qnet.input_scale, qnet.input_zp, qnet.input_bits,
+                            limvals=qnet.input_limvals)
+    if qnet.normalization is None:
+        return q
+    table = normalization_table(qnet.normalization)
+    return q if table is None else _lookup(qnet.normalization, table, q)

@@ -36,7 +36,7 @@ from hailopipe.fileio import read_limited
 from hailopipe.formats import compile_report, qnpz
 from hailopipe.formats.hailo_hef import COMPATIBLE, is_hailo_hef
 from hailopipe.formats.streams import Format, FormatOrder, FormatType, HefInfo, NetworkGroupInfo, QuantInfo, VStreamInfo
-from hailopipe.network import Dense, Network
+from hailopipe.network import Dense, Network, Normalization
 from hailopipe.quantization import arithmetic
 from hailopipe.quantization.qnetwork import QNetwork
 
@@ -92,12 +92,18 @@ def _record(s: VStreamInfo) -> dict:
 
 
 def layer_report(q: QNetwork) -> dict:
-    """Per-layer shapes, MACs and weight bytes, and the totals (`compile_report`'s layout)."""
-    return compile_report.build(q.name, {
-        layer.name: compile_report.layer([int(layer.kernel.shape[0])], [int(layer.kernel.shape[1])], layer.macs,
-                                         int(layer.kernel.nbytes), int(layer.kernel.shape[1] * 4),
-                                         f"a{layer.out_bits}_w{layer.w_bits}", layer.activation)
-        for layer in q.layers})
+    """Per-layer shapes, MACs and weight bytes, and the totals (`compile_report`'s layout); the
+    normalization layer multiplies each input value once."""
+    layers = {}
+    if q.normalization is not None:
+        n, shape = q.normalization, [int(s) for s in q.input_shape]
+        layers[n.name] = compile_report.layer(shape, shape, int(np.prod(shape)), int(n.kernel.nbytes),
+                                              int(n.kernel.shape[1] * 4), f"a{n.out_bits}_w{n.w_bits}", n.activation)
+    for layer in q.layers:
+        layers[layer.name] = compile_report.layer(
+            [int(layer.kernel.shape[0])], [int(layer.kernel.shape[1])], layer.macs, int(layer.kernel.nbytes),
+            int(layer.kernel.shape[1] * 4), f"a{layer.out_bits}_w{layer.w_bits}", layer.activation)
+    return compile_report.build(q.name, layers)
 
 
 def compile_network(q: QNetwork, hw_arch: str) -> bytes:
@@ -119,6 +125,8 @@ def compile_network(q: QNetwork, hw_arch: str) -> bytes:
             "inputs": [_record(s) for s in inputs], "outputs": [_record(s) for s in outputs],
             "layers": [{"name": layer.name, "activation": layer.activation, "kernel_shape": list(layer.kernel.shape)}
                        for layer in q.layers],
+            "normalization": None if q.normalization is None else {
+                "name": q.normalization.name, "channels": int(q.normalization.kernel.shape[1])},
             "input_shape": list(q.input_shape), "report": layer_report(q), "arrays": index}
     js = json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
     head = struct.pack(">I", len(js)) + js
@@ -137,6 +145,16 @@ def _info(label: str, meta: dict, digest: str, inputs, outputs) -> HefInfo:
     arch = meta["hw_arch"].upper()
     return HefInfo(label, VERSION, f"sha256 {digest} (verified)", arch, meta["compiler"], [group],
                    COMPATIBLE.get(arch, [arch]), emulated=True)
+
+
+def _skeleton_normalization(spec) -> Normalization | None:
+    """The normalization layer's name and width, as `qnpz.from_arrays` checks the arrays against."""
+    if spec is None:
+        return None
+    channels = int(spec["channels"])
+    if not isinstance(spec["name"], str) or not 1 <= channels <= 1 << 16:
+        raise ValueError("bad normalization entry")
+    return Normalization(spec["name"], np.ones(channels, np.float32), np.zeros(channels, np.float32))
 
 
 def load(source: str | os.PathLike | bytes, name: str | None = None) -> CompiledModel:
@@ -178,7 +196,8 @@ def load(source: str | os.PathLike | bytes, name: str | None = None) -> Compiled
             arrays[key] = np.frombuffer(body, dt, count=n // dt.itemsize, offset=start).reshape(shape)
         skeleton = Network(meta["network_group"], tuple(int(s) for s in meta["input_shape"]),
                            [Dense(spec["name"], np.broadcast_to(np.float32(0), tuple(spec["kernel_shape"])),
-                                  np.zeros(0, np.float32), spec["activation"]) for spec in meta["layers"]])
+                                  np.zeros(0, np.float32), spec["activation"]) for spec in meta["layers"]],
+                           normalization=_skeleton_normalization(meta.get("normalization")))
         if not skeleton.layers or any(d.activation not in ("linear", "relu") for d in skeleton.layers):
             raise PipelineError(f"{label}: bad layer list")
         qnet = qnpz.from_arrays(arrays, skeleton, label)

@@ -30,6 +30,15 @@ Vstreams are the boundary edge layers of all contexts (mux layers expand to thei
 predecessors); outputs are sorted by sorted_outputs_order, as HailoRT does.  `order` is the
 vstream order HailoRT reports, derived from EdgeLayerBase.format: device orders NHWC/NHCW/RGB888
 give NHWC, FCR and F8CR stay FCR/F8CR (their host buffers are still NHWC: `FormatOrder.host_layout`).
+
+Device streams (`NetworkGroupInfo.streams`, what `hailortcli parse-hef --parse-streams` prints) are
+the same boundary edge layers as HailoRT's LayerInfoUtils::get_stream_infos_from_layer_info makes
+them (hef.cpp fill_layer_info / fill_mux_info / fill_planes_info): one per info layer, per mux
+(not its predecessors) and per plane, in context order; order = the device order
+(`hef_schema.DEVICE_ORDER`), shape = hw_shape: the padded dims, or the plain dims when HailoRT
+pads on the device itself (HefConfigurator::is_core_hw_padding_supported: an NHCW boundary layer
+that is not part of a mux, HEF without the HW_PADDING optional extension, core_buffers_per_frame
+== height, width*features a multiple of 8 and its bytes below the periph limit).
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ from hailopipe.formats.streams import (
     HefInfo,
     NetworkGroupInfo,
     QuantInfo,
+    StreamInfo,
     VStreamInfo,
 )
 
@@ -187,6 +197,53 @@ def _layer_stream(info, direction: str, network: str, transposed_net: bool) -> V
                    _quant(info.numeric_info), network)
 
 
+# --- device streams (hailo_stream_info_t) -------------------------------------------------------
+
+NMS_OUTPUT_BURST, HW_PADDING = 19, 11  # ProtoHEFExtensionType values
+HAILO8_PERIPH_BYTES, HAILO1X_PERIPH_BYTES = 0x10000, 0x2000  # hw_consts.hpp (..._INBOUND_DATA_STREAM_SIZE,
+#                                                               HAILO1X_PERIPH_BYTES_PER_BUFFER_MAX_SIZE)
+
+
+def _features(hef, hw_arch: str) -> dict:
+    """The SupportedFeatures parse-hef's stream infos depend on (hef.cpp get_supported_features)."""
+    versioned = hef.header.version > 0  # older HEFs carry no extensions (ProtoHEFIncludedFeatures)
+    return {"nms_burst": versioned and any(e.type_index == NMS_OUTPUT_BURST for e in hef.extensions),
+            "hw_padding_in_dfc": versioned and any(e.type_index == HW_PADDING for e in hef.optional_extensions),
+            "max_periph": HAILO8_PERIPH_BYTES if hw_arch.startswith("HAILO8") else HAILO1X_PERIPH_BYTES}
+
+
+def _device_stream(name: str, base, direction: str, network: str, features: dict, may_pad: bool) -> StreamInfo:
+    order = _enum(FormatOrder, schema().DEVICE_ORDER, base.format, "edge layer format")
+    fmt = Format(_format_type(base.data_bytes), order)
+    if order == FormatOrder.HAILO_NMS_ON_CHIP:  # HailoRTCommon::get_nms_hw_frame_size
+        nms = base.additional_info.nms_info
+        burst = nms.burst_size if features["nms_burst"] else 1  # DEFAULT_NMS_NO_BURST_SIZE
+        per_class = 2 + nms.bbox_size * max(burst, nms.max_output_size)  # u16 bbox counter + bboxes
+        size = max(nms.input_division_factor, 1) * nms.number_of_classes * per_class + nms.bbox_size * burst
+        return StreamInfo(name, network, direction, fmt, (), int(size))
+    limit = min(features["max_periph"], base.max_shmifo_size or features["max_periph"])
+    row = base.width * base.features
+    device_pads = (may_pad and not features["hw_padding_in_dfc"] and order == FormatOrder.NHCW
+                   and base.core_buffers_per_frame == base.height and row % 8 == 0
+                   and row * base.data_bytes <= limit - 1)
+    shape = ((base.height, base.width, base.features) if device_pads
+             else (base.padded_height, base.padded_width, base.padded_features))
+    return StreamInfo(name, network, direction, fmt, shape)
+
+
+def _edge_device_streams(edge, direction: str, network: str, features: dict) -> list[StreamInfo]:
+    if edge.HasField("layer_mux"):
+        return [_device_stream(edge.layer_mux.name, edge.layer_mux.edge_layer_base, direction, network,
+                               features, False)]
+    if edge.HasField("layer_planes"):
+        return [_device_stream(p.layer_info.name, p.layer_info.edge_layer_base, direction, network, features, True)
+                for p in edge.layer_planes.planes if p.HasField("layer_info")]
+    if edge.HasField("layer_info"):
+        info = edge.layer_info
+        return [_device_stream(info.name, info.edge_layer_base, direction, network, features, True)]
+    return []
+
+
 def _edge_streams(edge, direction: str, network: str, transposed_net: bool) -> list[VStreamInfo]:
     """Vstreams of a layer_info / layer_mux / layer_planes edge (mux expands to predecessors)."""
     if edge.HasField("layer_mux"):
@@ -247,7 +304,7 @@ def _host_op(op, pad_to_stream: dict, pad_edges: dict, network: str):
     return f"{op.name}: unknown op", [], []
 
 
-def _network_group(ng) -> NetworkGroupInfo:
+def _network_group(ng, features: dict) -> NetworkGroupInfo:
     core = _core_part(ng)
     name = (ng.network_group_metadata.network_group_name or ng.network_group_name
             or core.network_group_metadata.network_group_name)
@@ -255,6 +312,7 @@ def _network_group(ng) -> NetworkGroupInfo:
     networks = [f"{name}/{n}" for n in partial_names] or [f"{name}/{name}"]
     transposed = core.network_group_metadata.transposed_net
     inputs, outputs, pad_to_stream, seen = [], [], {}, set()
+    device_streams = {"input": [], "output": []}
     for ctx in core.contexts:
         for edge in ctx.metadata.edge_layers:
             if edge.context_switch_info.edge_connection_type != 0:  # not a boundary (host) edge
@@ -262,6 +320,7 @@ def _network_group(ng) -> NetworkGroupInfo:
             idx = edge.network_index if edge.network_index < len(networks) else 0
             direction = "output" if edge.direction == 1 else "input"
             streams = _edge_streams(edge, direction, networks[idx], transposed)
+            device_streams[direction] += _edge_device_streams(edge, direction, networks[idx], features)
             for s in streams:
                 if s.name not in seen:
                     seen.add(s.name)
@@ -281,7 +340,8 @@ def _network_group(ng) -> NetworkGroupInfo:
                           else core.sorted_outputs_order)
     rank = {n: i for i, n in enumerate(sorted_outputs)}
     outputs.sort(key=lambda s: rank.get(s.name, len(rank)))
-    return NetworkGroupInfo(name, len(core.contexts), networks, inputs, outputs, sorted_outputs, ops)
+    return NetworkGroupInfo(name, len(core.contexts), networks, inputs, outputs, sorted_outputs, ops,
+                            device_streams["input"] + device_streams["output"])
 
 
 def read(source: str | os.PathLike | bytes, *, name: str | None = None, max_bytes: int = MAX_HEF_BYTES) -> HefInfo:
@@ -313,7 +373,7 @@ def read(source: str | os.PathLike | bytes, *, name: str | None = None, max_byte
     if not sdk and hef.header.HasField("sdk_version"):
         v = hef.header.sdk_version
         sdk = f"{v.major}.{v.minor}.{v.revision}"
-    groups = [_network_group(ng) for ng in hef.network_groups]
+    groups = [_network_group(ng, _features(hef, hw_arch)) for ng in hef.network_groups]
     if not groups:
         raise HefFormatError(f"{label}: HEF has no network groups")
     for g in groups:
@@ -322,7 +382,10 @@ def read(source: str | os.PathLike | bytes, *, name: str | None = None, max_byte
                         len(g.inputs), len(g.outputs))
     log.debug("%s: HEF v%d, %s, %s, DFC %s, %d network group(s)", label, version, checksum,
               hw_arch, sdk or "?", len(groups))
-    return HefInfo(label, version, checksum, hw_arch, sdk, groups, COMPATIBLE.get(hw_arch, [hw_arch]))
+    return HefInfo(label, version, checksum, hw_arch, sdk, groups, COMPATIBLE.get(hw_arch, [hw_arch]),
+                   format_version=hef.header.version,
+                   extensions=[(e.type_index, e.name) for e in hef.extensions],
+                   optional_extensions=[(e.type_index, e.name) for e in hef.optional_extensions])
 
 
 def schema():

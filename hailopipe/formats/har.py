@@ -77,6 +77,8 @@ def save(har: Har, path: str | os.PathLike) -> None:
         raise ValueError(f"unknown HAR state {har.state!r}")
     if (har.qnet is not None) != (har.state in ("quantized_model", "compiled_model")):
         raise ValueError(f"state {har.state} and quantized params disagree")
+    if har.qnet is not None and (har.net.normalization is None) != (har.qnet.normalization is None):
+        raise ValueError("the HN and the quantized params disagree on the normalization layer")
     write_bytes(path, har_bytes(har))
 
 

@@ -5,7 +5,8 @@ its enum values.  `MESSAGES["Hef"]().ParseFromString(body)` decodes a HEF body.
 Protobuf fields used (message.field = number), from HailoRT's public hef.proto; everything else
 (microcode contexts, CCWs, ...) is skipped as unknown fields:
 
-    Hef: header=1, network_groups=2 (repeated)
+    Hef: header=1, network_groups=2 (repeated), included_features=4 {abbale=1, ... sequencer=8},
+        extensions=5 and optional_extensions=6 (repeated {type_index=1, name=2})
     Header: hw_arch=1 (enum, see HW_ARCHS), timestamp=2, sdk_version_str=3, version=4,
         sdk_version=5 {major=1, minor=2, revision=3}
     NetworkGroup: network_group_metadata=1, contexts=3, sorted_outputs_order=4,
@@ -24,11 +25,12 @@ Protobuf fields used (message.field = number), from HailoRT's public hef.proto; 
         2 planes), layer_info=3, layer_mux=4, context_switch_info=5 {edge_connection_type=3,
         0 = boundary}, network_index=6, pad_index=7, layer_planes=8
     EdgeLayerInfo: name=1, edge_layer_base=2, numeric_info=3, transposed=6
-    EdgeLayerMux: name=1, predecessors=5 {layer_info=1, layer_mux=2, layer_planes=3}
+    EdgeLayerMux: name=1, edge_layer_base=2, predecessors=5 {layer_info=1, layer_mux=2, layer_planes=3}
     EdgeLayerPlanes: name=1, planes_format=2, planes=3, height=4, width=5, features=6
-    EdgeLayerBase: height=1, width=3, features=5, format=7 (compiler order code), data_bytes=12,
-        additional_info=11 {nms_info=1 {number_of_classes=2, max_output_size=3,
-        input_division_factor=7}}
+    EdgeLayerBase: height=1, padded_height=2, width=3, padded_width=4, features=5,
+        padded_features=6, format=7 (compiler order code), core_buffers_per_frame=10,
+        data_bytes=12, max_shmifo_size=15, additional_info=11 {nms_info=1 {number_of_classes=2,
+        max_output_size=3, bbox_size=4, input_division_factor=7, burst_size=8}}
     NumericInfo: qp_zp=1, qp_scale=2, limvals_min=3, limvals_max=4 (float32)
 """
 
@@ -49,6 +51,11 @@ _O = FormatOrder
 HOST_ORDER = {0: _O.NHWC, 1: _O.NHWC, 2: _O.NC, 3: _O.FCR, 4: _O.BAYER_RGB, 5: _O.NHW,
               6: _O.HAILO_NMS_BY_CLASS, 7: _O.F8CR, 8: _O.NHWC, 11: _O.YUY2, 13: _O.NHWC, 14: _O.NV12,
               15: _O.NV21, 16: _O.I420}
+# EdgeLayerBase.format -> the device order of the stream itself (HailoRTDefaults::get_device_format_order,
+# hailort_defaults.cpp); HOST_ORDER above is DEFAULT_FORMAT_ORDER_MAP applied to it.
+DEVICE_ORDER = {0: _O.NHWC, 1: _O.NHCW, 2: _O.NC, 3: _O.FCR, 4: _O.BAYER_RGB, 5: _O.NHW,
+                6: _O.HAILO_NMS_ON_CHIP, 7: _O.F8CR, 8: _O.RGB888, 11: _O.YUY2, 13: _O.NHWC,
+                14: _O.HAILO_YYUV, 15: _O.HAILO_YYVU, 16: _O.HAILO_YYYYUV}
 PLANES = {0: _O.NV12, 1: _O.NV21, 2: _O.I420}
 NMS_KINDS = {"yolo": "YOLOv5", "yolox": "YOLOX", "ssd": "SSD", "iou": "IoU",
              "yolo_seg": "YOLOv5-Seg", "yolov8": "YOLOv8"}
@@ -56,7 +63,13 @@ NMS_KINDS = {"yolo": "YOLOv5", "yolox": "YOLOX", "ssd": "SSD", "iou": "IoU",
 # --- minimal schema: (field, number, type); "*" = repeated, "?" = proto3 `optional` (has
 # presence), capitalised type = message ------------------------------------------------------
 SCHEMA = {
-    "Hef": [("header", 1, "Header"), ("network_groups", 2, "*NetworkGroup")],
+    "Hef": [("header", 1, "Header"), ("network_groups", 2, "*NetworkGroup"),
+            ("included_features", 4, "IncludedFeatures"), ("extensions", 5, "*Extension"),
+            ("optional_extensions", 6, "*Extension")],
+    "IncludedFeatures": [(name, i, "bool") for i, name in enumerate(
+        ("abbale", "posted_writes", "ddr", "is_multi_context", "compressed_params", "transpose_component",
+         "padded_ddr_buffers", "sequencer"), start=1)],
+    "Extension": [("type_index", 1, "u32"), ("name", 2, "str")],
     "Header": [("hw_arch", 1, "i32"), ("timestamp", 2, "u64"), ("sdk_version_str", 3, "str"),
                ("version", 4, "u64"), ("sdk_version", 5, "SdkVersion")],
     "SdkVersion": [("major", 1, "u32"), ("minor", 2, "u32"), ("revision", 3, "u32")],
@@ -98,15 +111,17 @@ SCHEMA = {
              ("layer_planes", 3, "LayerPlanes")],
     "LayerInfo": [("name", 1, "str"), ("edge_layer_base", 2, "Base"),
                   ("numeric_info", 3, "NumericInfo"), ("transposed", 6, "bool")],
-    "LayerMux": [("name", 1, "str"), ("predecessors", 5, "*Edge")],
+    "LayerMux": [("name", 1, "str"), ("edge_layer_base", 2, "Base"), ("predecessors", 5, "*Edge")],
     "LayerPlanes": [("name", 1, "str"), ("planes_format", 2, "i32"), ("planes", 3, "*Edge"),
                     ("height", 4, "u32"), ("width", 5, "u32"), ("features", 6, "u32")],
-    "Base": [("height", 1, "u32"), ("width", 3, "u32"), ("features", 5, "u32"),
-             ("format", 7, "u32"), ("additional_info", 11, "AdditionalInfo"),
-             ("data_bytes", 12, "u32")],
+    "Base": [("height", 1, "u32"), ("padded_height", 2, "u32"), ("width", 3, "u32"),
+             ("padded_width", 4, "u32"), ("features", 5, "u32"), ("padded_features", 6, "u32"),
+             ("format", 7, "u32"), ("core_buffers_per_frame", 10, "u32"),
+             ("additional_info", 11, "AdditionalInfo"), ("data_bytes", 12, "u32"),
+             ("max_shmifo_size", 15, "u32")],
     "AdditionalInfo": [("nms_info", 1, "NmsInfo")],
-    "NmsInfo": [("number_of_classes", 2, "u64"), ("max_output_size", 3, "u64"),
-                ("input_division_factor", 7, "u64")],
+    "NmsInfo": [("number_of_classes", 2, "u64"), ("max_output_size", 3, "u64"), ("bbox_size", 4, "u64"),
+                ("input_division_factor", 7, "u64"), ("burst_size", 8, "u32")],
     "NumericInfo": [("qp_zp", 1, "float"), ("qp_scale", 2, "float"), ("limvals_min", 3, "float"),
                     ("limvals_max", 4, "float")],
 }

@@ -10,8 +10,14 @@ with the same records (`streams.HefInfo`); an emulated file also comes back as t
 the text of the HailoRT generation that serves the HEF's architecture (`hailort_style`): HailoRT
 4.x (branch hailo8, for Hailo-8/8R/8L) prints `Architecture HEF was compiled for: ...`, HailoRT 5.x
 (Hailo-10/15) `HEF Compatible for: ...` and `HEF Compiler Version: ...` (hef.cpp,
-`Hef::Impl::get_description`); `quantization=True` adds a line per vstream.  `to_json` gives the
-description as plain JSON types.
+`Hef::Impl::get_description`); `streams=True` adds the `Stream infos:` block of `hailortcli
+parse-hef --parse-streams` before each network's vstreams; `quantization=True` adds a line per
+vstream.  `to_json` gives the description as plain JSON types.
+
+Device streams of an emulated file: on a Hailo device a stream carries the device's own order and
+padded shape (NHCW, FCR, ...), which HailoRT reorders to the vstream's host layout.  The emulator has
+no such transfer: its engine reads and writes the vstream's raw integers as they are, so the
+emulated file's streams are its vstreams, same name, type, order and shape (`emulated_streams`).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import os
 import struct
 
 from hailopipe.formats import ehef, hailo_hef
-from hailopipe.formats.streams import FormatOrder, HefInfo, VStreamInfo
+from hailopipe.formats.streams import FormatOrder, HefInfo, StreamInfo, VStreamInfo
 
 
 def read(source: str | os.PathLike | bytes, name: str | None = None) -> tuple[HefInfo, ehef.CompiledModel | None]:
@@ -32,7 +38,18 @@ def read(source: str | os.PathLike | bytes, name: str | None = None) -> tuple[He
     if hailo_hef.is_hailo_hef(buf):
         return hailo_hef.read(buf, name=label), None
     compiled = ehef.load(buf, name=label)
+    for group in compiled.info.network_groups:
+        group.streams = group.streams or emulated_streams(group.inputs + group.outputs)
     return compiled.info, compiled
+
+
+def emulated_streams(vstreams: list[VStreamInfo]) -> list[StreamInfo]:
+    """An emulated file's device streams: its vstreams as they are (see the module docstring)."""
+    def hw(shape):  # hw_shape is always (H, W, F): NC is (1, 1, F), NHW (H, W, 1)
+        shape = tuple(int(d) for d in shape)
+        return (1, 1) + shape if len(shape) == 1 else shape + (1,) if len(shape) == 2 else shape
+
+    return [StreamInfo(s.name, s.network_name, s.direction, s.format, hw(s.shape)) for s in vstreams]
 
 
 def _num(x: float) -> str:
@@ -56,6 +73,15 @@ def _shape_text(s: VStreamInfo) -> str:
     return "(" + "x".join(str(d) for d in s.shape) + ")"
 
 
+def _stream_text(s: StreamInfo) -> str:
+    """get_shape_str(hailo_stream_info_t) of hef.cpp: type, device order, hw_shape."""
+    head = f"{s.format.type.name}, {s.format.order.text}"
+    if s.format.order == FormatOrder.HAILO_NMS_ON_CHIP:
+        return f"{head}(maximum frame size: {s.nms_frame_size})"
+    shape = {FormatOrder.NC: s.hw_shape[2:], FormatOrder.NHW: s.hw_shape[:2]}.get(s.format.order, s.hw_shape)
+    return head + "(" + "x".join(str(d) for d in shape) + ")"
+
+
 STYLES = ("hailort4", "hailort5")
 
 
@@ -64,10 +90,11 @@ def hailort_style(info: HefInfo) -> str:
     return "hailort4" if all(a.startswith("HAILO8") for a in info.compatible_archs) else "hailort5"
 
 
-def describe(info: HefInfo, *, style: str | None = None, quantization: bool = False) -> str:
+def describe(info: HefInfo, *, style: str | None = None, streams: bool = False, quantization: bool = False) -> str:
     """What `hailortcli parse-hef` prints (vstream infos), in `style` (default `hailort_style`):
     "hailort4" prints "Architecture HEF was compiled for: ...", "hailort5" "HEF Compatible for: ..."
-    and "HEF Compiler Version: ...".  With `quantization`, a line of qparams under each vstream."""
+    and "HEF Compiler Version: ...".  `streams`: also the stream infos (`--parse-streams`).  With
+    `quantization`, a line of qparams under each vstream."""
     style = style or hailort_style(info)
     if style not in STYLES:
         raise ValueError(f"describe: unknown style {style!r} (hailort4 or hailort5)")
@@ -82,7 +109,12 @@ def describe(info: HefInfo, *, style: str | None = None, quantization: bool = Fa
         ctx = f"Multi Context - Number of contexts: {g.contexts}" if g.contexts > 1 else "Single Context"
         lines.append(f"Network group name: {g.name}, {ctx}")
         for net in g.networks:
-            lines += [f"{tab}Network name: {net}", f"{tab * 2}VStream infos:"]
+            lines.append(f"{tab}Network name: {net}")
+            if streams:
+                lines.append(f"{tab * 2}Stream infos:")
+                lines += [f"{tab * 3}{'Input ' if s.direction == 'input' else 'Output'} {s.name} {_stream_text(s)}"
+                          for s in g.streams if not s.network_name or s.network_name == net]
+            lines.append(f"{tab * 2}VStream infos:")
             for s in g.inputs + g.outputs:
                 if s.network_name and s.network_name != net:
                     continue

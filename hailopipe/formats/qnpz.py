@@ -3,7 +3,8 @@
 Keys are `<net>/<layer>/<param>:0` as in the SDK's quantized params: per layer `kernel`, `bias`,
 `weight_scale`, `input_scale`, `input_zero_point`, `output_scale`, `output_zero_point`,
 `output_multiplier`, `output_shift`, `input_activation_bits`, `weight_bits`,
-`output_activation_bits`, `limvals`; the input layer has its output qparams, bits and limvals.
+`output_activation_bits`, `limvals`; the input layer has its output qparams, bits and limvals; a
+normalization layer has the same keys as a dense one, with its per-channel arrays of shape [C].
 `from_arrays` checks every array a reader relies on (presence, shape, dtype, finiteness, ranges,
 that each layer's input qparams are its producer's output qparams, that no accumulator product can
 overflow) against the float network's skeleton, and raises PipelineError naming the file.
@@ -24,10 +25,11 @@ def to_arrays(q: QNetwork) -> dict[str, np.ndarray]:
     out = {p + "output_scale:0": np.float32(q.input_scale), p + "output_zero_point:0": np.int32(q.input_zp),
            p + "output_activation_bits:0": np.uint8(q.input_bits),
            p + "limvals:0": np.array(q.input_limvals, np.float32)}
-    for layer in q.layers:
+    for layer in ([q.normalization] if q.normalization else []) + list(q.layers):
         p = f"{q.name}/{layer.name}/"
+        kernel = layer.kernel.reshape(-1) if layer is q.normalization else layer.kernel
         out.update({
-            p + "kernel:0": layer.kernel, p + "bias:0": layer.bias.astype(np.int64),
+            p + "kernel:0": kernel, p + "bias:0": layer.bias.astype(np.int64),
             p + "weight_scale:0": layer.w_scale,
             p + "input_scale:0": np.float32(layer.in_scale), p + "input_zero_point:0": np.int32(layer.in_zp),
             p + "output_scale:0": np.float32(layer.out_scale), p + "output_zero_point:0": np.int32(layer.out_zp),
@@ -73,21 +75,23 @@ def from_arrays(arrays: dict[str, np.ndarray], net: Network, source: str) -> QNe
     _check_qp(source, p, in_scale, in_zp, in_bits)
     in_lim = tuple(float(v) for v in _get(arrays, p + "limvals:0", source, (2,), "f"))
     layers, prev_bits, prev_scale, prev_zp = [], in_bits, in_scale, in_zp
-    for d in net.layers:
-        p = f"{net.name}/{d.name}/"
-        K, C = d.kernel.shape
+    norm = net.normalization
+    specs = ([(norm.name, 1, len(norm.kernel), "linear", (len(norm.kernel),))] if norm else []) + [
+        (d.name, *d.kernel.shape, d.activation, d.kernel.shape) for d in net.layers]
+    for lname, K, C, activation, stored in specs:
+        p = f"{net.name}/{lname}/"
         w_bits = _bits(arrays, p + "weight_bits:0", source)
         out_bits = _bits(arrays, p + "output_activation_bits:0", source)
         if _bits(arrays, p + "input_activation_bits:0", source) != prev_bits:
             raise PipelineError(f"{source}: {p}input_activation_bits:0 differs from its producer's output bits")
-        kernel = _get(arrays, p + "kernel:0", source, (K, C), "i")
+        kernel = _get(arrays, p + "kernel:0", source, tuple(stored), "i").reshape(K, C)
         if kernel.dtype != arithmetic.storage_dtype(w_bits):
             raise PipelineError(f"{source}: {p}kernel:0 is {kernel.dtype}, expected {arithmetic.storage_dtype(w_bits)}")
         wmax = arithmetic.weight_qmax(w_bits)
         if kernel.size and (kernel.min() < -wmax or kernel.max() > wmax):
             raise PipelineError(f"{source}: {p}kernel:0 outside the symmetric range ±{wmax}")
         layer = QDense(
-            name=d.name, activation=d.activation, in_bits=prev_bits, w_bits=w_bits, out_bits=out_bits,
+            name=lname, activation=activation, in_bits=prev_bits, w_bits=w_bits, out_bits=out_bits,
             kernel=kernel, bias=_get(arrays, p + "bias:0", source, (C,), "i").astype(np.int64),
             w_scale=_get(arrays, p + "weight_scale:0", source, (C,), "f").astype(np.float32),
             in_scale=float(_get(arrays, p + "input_scale:0", source, (), "f")),
@@ -107,4 +111,5 @@ def from_arrays(arrays: dict[str, np.ndarray], net: Network, source: str) -> QNe
             raise PipelineError(f"{source}: {p}output_multiplier:0 too wide: the accumulator product could overflow")
         layers.append(layer)
         prev_bits, prev_scale, prev_zp = out_bits, layer.out_scale, layer.out_zp
-    return QNetwork(net.name, net.input_shape, in_scale, in_zp, in_bits, in_lim, layers)
+    q_norm = layers.pop(0) if norm is not None else None
+    return QNetwork(net.name, net.input_shape, in_scale, in_zp, in_bits, in_lim, layers, q_norm)

@@ -7,6 +7,8 @@ this project, whichever file it read (`formats.ehef` or `formats.hailo_hef`):
     NetworkGroupInfo  a group: contexts, networks, input and output vstreams, host-side ops
     VStreamInfo       a stream: name `<group>/<layer>`, direction, `Format` (FormatType, FormatOrder),
                       shape without the batch ((H, W, C) for NHWC, (F,) for NC), `QuantInfo`
+    StreamInfo        a device stream (hailo_stream_info_t): what crosses to the device, in the device's
+                      order and hardware shape (`hailortcli parse-hef --parse-streams`)
     QuantInfo         qp_zp, qp_scale, limvals_min, limvals_max (HailoRT's hailo_quant_info_t)
 
 `FormatType` and `FormatOrder` carry hailo_format_type_t / hailo_format_order_t's numbers (the
@@ -115,6 +117,18 @@ class VStreamInfo:
     quant_info: QuantInfo
 
 
+@dataclass(frozen=True)
+class StreamInfo:
+    """hailo_stream_info_t as parse-hef prints it: the device order (NHCW, FCR, ...) and hw_shape (the
+    padded shape the device transfers), or for an on-chip NMS stream its frame size in bytes."""
+    name: str
+    network_name: str
+    direction: str      # "input" / "output"
+    format: Format
+    hw_shape: tuple     # (H, W, F) as the device transfers it
+    nms_frame_size: int = 0
+
+
 @dataclass
 class NetworkGroupInfo:
     name: str
@@ -124,6 +138,7 @@ class NetworkGroupInfo:
     outputs: list[VStreamInfo]
     sorted_outputs: list[str]
     ops: list[str] = field(default_factory=list)
+    streams: list[StreamInfo] = field(default_factory=list)  # device streams, inputs first
 
 
 @dataclass
@@ -136,3 +151,6 @@ class HefInfo:
     network_groups: list[NetworkGroupInfo]
     compatible_archs: list[str]  # device architectures HailoRT accepts it on (what parse-hef prints)
     emulated: bool = False
+    format_version: int = 0      # ProtoHEFHeader.version (HailoRT reads extensions only when > 0)
+    extensions: list[tuple[int, str]] = field(default_factory=list)           # required: (type_index, name)
+    optional_extensions: list[tuple[int, str]] = field(default_factory=list)  # HailoRT ignores unknown ones

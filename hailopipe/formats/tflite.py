@@ -92,6 +92,18 @@ def io_names(path: str | os.PathLike) -> tuple[str, list[int], str]:
     return _decode(path, names)
 
 
+def _original_names(graph, out: int, consts, before=()) -> list[str]:
+    """The source model's names of a layer, as the SDK keeps them: its output tensor's name and the
+    names of the ops fused into it (TFLite joins them with ';' in the tensor names), without ':0'."""
+    names = list(before)
+    for index in [out, *(i for i in consts if i >= 0)]:
+        for part in _name(graph.Tensors(index)).split(";"):
+            part = part.removesuffix(":0")
+            if part and part not in names:
+                names.append(part)
+    return names
+
+
 def _parse(model, graph, s, path, net_name: str) -> Network:
     ops = s.BuiltinOperator
     in_index = int(graph.Inputs(0))
@@ -124,10 +136,11 @@ def _parse(model, graph, s, path, net_name: str) -> Network:
                 raise PipelineError(f"{path}: op {i}: fused activation {fused} is not supported (linear, relu)")
             w = _const(model, graph, ins[1], path)  # [out, in]
             b = _const(model, graph, ins[2], path) if len(ins) > 2 and ins[2] >= 0 else np.zeros(w.shape[0], np.float32)
-            layers.append(Dense(f"dense{len(layers) + 1}", np.ascontiguousarray(w.T), b, act,
-                                [_name(graph.Tensors(ins[1]))]))
+            layers.append(Dense(f"fc{len(layers) + 1}", np.ascontiguousarray(w.T), b, act,
+                                _original_names(graph, outs[0], ins[1:])))
         elif c == ops.RELU and layers and layers[-1].activation == "linear":
             layers[-1].activation = "relu"
+            layers[-1].original_names = _original_names(graph, outs[0], [], layers[-1].original_names)
         elif c == ops.SOFTMAX and i == graph.OperatorsLength() - 1:
             pass  # left to the host, as logits_layer(..., softmax, cpu)
         else:

@@ -8,6 +8,7 @@ keys) before a config is ever built, so this guards callers of the Python API.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from hailopipe.errors import PipelineError
@@ -29,7 +30,9 @@ class FinetuneConfig:
 class OptimizeConfig:
     calib_size: int = 2000
     per_channel: bool = True
-    input_range: tuple[float, float] = (0.0, 1.0)
+    # the model script's normalization([mean...], [std...]): raw input values (pixels 0-255 on the
+    # input stream) -> the model's domain, (raw - mean) / std; one value, or one per channel
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] = ((0.0,), (255.0,))
     precision: dict = field(default_factory=dict)  # unscoped layer name -> precision mode
     optimization_level: int = 0
     clipping_mode: str = "minmax"
@@ -61,5 +64,8 @@ def check(cfg: OptimizeConfig, layer_names: list[str]) -> None:
     if not 0.0 <= lo < hi <= 100.0:
         raise PipelineError(f"clipping_values must be percentiles [low, high] with 0 <= low < high <= 100, "
                             f"got {[lo, hi]}")
-    if not cfg.input_range[0] < cfg.input_range[1]:
-        raise PipelineError(f"input_range must be [low, high] with low < high, got {list(cfg.input_range)}")
+    mean, std = cfg.normalization
+    if not (mean and len(mean) == len(std) and all(math.isfinite(m) for m in mean)
+            and all(math.isfinite(s) and s > 0 for s in std)):
+        raise PipelineError(f"normalization must be [mean...], [std...] of one length, finite, std > 0, "
+                            f"got {[list(mean), list(std)]}")

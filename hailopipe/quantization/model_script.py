@@ -17,10 +17,11 @@ def render(net: network.Network, cfg: OptimizeConfig, ranges=None) -> str:
     written as the SDK's manual clipping of each layer to the ranges found; without, as a comment,
     since the SDK's activation clipping has no MSE mode.
     """
-    lo, hi = cfg.input_range
+    mean, std = cfg.normalization
     scoped = [f"{net.name}/{layer.name}" for layer in net.layers]
     level, ft = cfg.optimization_level, cfg.finetune
-    lines = [f"normalization1 = normalization([{lo * 255:g}], [{(hi - lo) * 255:g}])",
+    lines = [f"normalization1 = normalization([{', '.join(f'{m:g}' for m in mean)}], "
+             f"[{', '.join(f'{v:g}' for v in std)}])",
              f"model_optimization_flavor(optimization_level={level}, compression_level=0)",
              f"model_optimization_config(calibration, batch_size=8, calibset_size={cfg.calib_size})"]
     for name, mode in sorted(cfg.precision.items()):
@@ -36,7 +37,8 @@ def render(net: network.Network, cfg: OptimizeConfig, ranges=None) -> str:
     elif cfg.clipping_mode == "mse":
         lines.append("# activation_clipping: MSE-optimal ranges (the SDK has no such mode; pass the ranges "
                      "to write them as mode=manual)")
-    lines.append(f"post_quantization_optimization(bias_correction, policy={'enabled' if level >= 1 else 'disabled'})")
+    # as in every Model Zoo script: bias correction and fine-tuning are never enabled together
+    lines.append(f"post_quantization_optimization(bias_correction, policy={'enabled' if level == 1 else 'disabled'})")
     if level >= 2:
         lines.append(f"post_quantization_optimization(finetune, policy=enabled, learning_rate={ft.learning_rate:g}, "
                      f"epochs={ft.epochs}, batch_size={ft.batch_size}, dataset_size={cfg.calib_size}, "

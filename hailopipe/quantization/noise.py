@@ -2,9 +2,10 @@
 
     from hailopipe.quantization import noise
     result = noise.analyze(float_net, qnet, x_nhwc_float32)
-    result["layers"]["dense3"]["snr_db"]
+    result["layers"]["fc3"]["snr_db"]
 
-For every layer, over all images and output channels of `x`:
+For every Dense layer (the normalization layer is exact for the default normalization([0], [255])
+and not reported), over all images and output channels of `x`:
 
     SNR_dB = 10 log10( sum f^2 / sum (q - f)^2 )
 
@@ -29,7 +30,7 @@ import math
 import numpy as np
 
 from hailopipe import network
-from hailopipe.engine.engine import run_layer
+from hailopipe.engine.engine import quantize_input, run_layer
 from hailopipe.quantization import arithmetic
 from hailopipe.quantization.qnetwork import QNetwork
 
@@ -58,13 +59,15 @@ def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
 
 
 def analyze(net: network.Network, qnet: QNetwork, x: np.ndarray) -> dict:
-    """Per-layer SNR (dB) of `qnet` against `net` over the NHWC float32 images `x`."""
-    flat = np.asarray(x, np.float32).reshape(len(x), -1)
-    _, float_outs = network.forward(net, flat, collect=True)
-    q_in = arithmetic.quantize(flat, qnet.input_scale, qnet.input_zp, qnet.input_bits)
+    """Per-layer SNR (dB) of `qnet` against `net` over the NHWC float32 images `x`, in the domain
+    both take (raw pixels when `net` has the model script's normalization, as `qnet` then has)."""
+    x = np.asarray(x, np.float32)
+    _, float_outs = network.forward(net, x, collect=True)
+    first_in = x if net.normalization is None else net.normalization.apply(x.reshape(len(x), -1, x.shape[-1]))
     layers = {}
-    for i, (layer, q, f) in enumerate(zip(qnet.layers, quantized_layer_outputs(qnet, q_in), float_outs)):
-        f_in = flat if i == 0 else float_outs[i - 1]
+    quantized = quantized_layer_outputs(qnet, quantize_input(qnet, x))
+    for i, (layer, q, f) in enumerate(zip(qnet.layers, quantized, float_outs)):
+        f_in = first_in.reshape(len(x), -1) if i == 0 else float_outs[i - 1]
         alone = run_layer(layer, arithmetic.quantize(f_in, layer.in_scale, layer.in_zp, layer.in_bits))
         layers[layer.name] = {
             "snr_db": snr_db(f, arithmetic.dequantize(q, layer.out_scale, layer.out_zp)),

@@ -9,18 +9,26 @@
 here); this module decides *what* to quantize with it.  The controls, with the SDK's model-script
 spelling that `model_script` emits:
 
+Input (`normalization`, the model script's `normalization1 = normalization([mean], [std])`).  As in
+the SDK, the script inserts a `normalization1` layer after the input (`with_normalization`): the
+input stream then carries raw values, 8 bits with identity quantization (scale 1, zero on the wire
+0, limvals [0, 255], `RAW_RANGE`: what a camera delivers, and what the real Hailo-8 MNIST HEF's
+input takes), and the layer maps them to the model's domain, (raw - mean) / std, quantized on that
+domain's range [(0 - mean) / std, (255 - mean) / std]: for the default [0], [255] that is [0, 1]
+at scale 1/255, and the layer's integer output equals its input (the engine skips it).  The
+calibration images come in the model's domain (pixels / 255, what the parsed network takes).
+
 Statistics (every level, `calibration`).  The float network runs over the calibration images, with
 products summed so that the figures do not depend on the BLAS; each layer's outputs give its range
-[lo, hi] by `activation_clipping` (mode): `minmax`, `percentile` or `mse`.  The input layer's range
-is the model's input domain (`input_range`, [0, 1] = pixels/255: scale 1/255, raw pixels on the
-wire, exactly).
+[lo, hi] by `activation_clipping` (mode): `minmax`, `percentile` or `mse`.
 
 Quantization.  Symmetric weights per output channel or per tensor (`per_channel`), asymmetric
 activations from the ranges, integer biases and fixed-point requantization.  Scales are rounded to
 float32 first, so the quantized HAR holds exactly the numbers the engine uses.  `precision` maps a
 layer to `a16_w16` (16-bit output and weights; `quantization_param(<net>/<layer>, precision_mode=...)`).
 
-optimization_level (`model_optimization_flavor(optimization_level=...)`), cumulative:
+optimization_level (`model_optimization_flavor(optimization_level=...)`); as in every Model Zoo
+script, bias correction and fine-tuning are never both enabled (`applied` says what ran):
   0  statistics only: the ranges above, weights rounded to nearest, biases as trained (no
      equalization either: the model script disables the SDK's, to ask it for the same).
   1  + bias correction: layer by layer, with the *quantized* network's actual inputs (the engine's
@@ -30,7 +38,7 @@ optimization_level (`model_optimization_flavor(optimization_level=...)`), cumula
         e[c] = s_x s_w[c] (mean(q_x) @ q_w + bias_eff)[c] - (mean(h) @ W + b)[c]
      and the integer bias becomes q_b - round(e / (s_x s_w)), leaving |e| <= half a bias step.  This
      removes the systematic part of the weight-rounding error and of the error from earlier layers.
-  2  + fine-tune (before the bias correction): a short quantization-aware distillation on the
+  2  fine-tune instead of bias correction: a short quantization-aware distillation on the
      calibration set (`finetune`: epochs, learning rate, batch size, in numpy): the network with
      fake-quantized weights (per the weights mode) and activations (per the ranges) is trained, by
      Adam with straight-through gradients, to reproduce the float network's logits (mean squared
@@ -40,17 +48,20 @@ optimization_level (`model_optimization_flavor(optimization_level=...)`), cumula
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
 
 from hailopipe import network
-from hailopipe.engine.engine import run_layer
+from hailopipe.engine.engine import quantize_input, run_layer
+from hailopipe.errors import PipelineError
 from hailopipe.quantization import arithmetic, calibration, config, finetune
 from hailopipe.quantization.config import OptimizeConfig
 from hailopipe.quantization.qnetwork import QDense, QNetwork
 
 log = logging.getLogger(__name__)
+RAW_RANGE = (0.0, 255.0)  # the input stream's values when the model script normalizes
 
 
 def _f32(x: float) -> float:
@@ -91,22 +102,57 @@ def correct_bias(q: QDense, d: network.Dense, d_ref: network.Dense, mean_q_in, m
     return q
 
 
+def applied(cfg: OptimizeConfig) -> dict:
+    """The level and algorithms this optimizer applies for `cfg` (the emulator never reduces the level)."""
+    level = cfg.optimization_level
+    return {"optimization_level": level, "equalization": False, "activation_clipping": cfg.clipping_mode,
+            "bias_correction": level == 1, "finetune": level >= 2}
+
+
+def with_normalization(net: network.Network, cfg: OptimizeConfig) -> network.Network:
+    """`net` with the layer the model script's normalization inserts after its input."""
+    channels = net.input_shape[-1]
+    mean, std = cfg.normalization
+    if len(mean) not in (1, channels):
+        raise PipelineError(f"normalization has {len(mean)} values, the input has {channels} channel(s)")
+    return dataclasses.replace(net, normalization=network.Normalization.from_mean_std(mean, std, channels))
+
+
+def model_domain(cfg: OptimizeConfig) -> tuple[float, float]:
+    """The range of (raw - mean) / std over raw values in RAW_RANGE, all channels."""
+    mean, std = (np.asarray(v, np.float64) for v in cfg.normalization)
+    ends = (np.asarray(RAW_RANGE)[:, None] - mean) / std
+    return float(ends.min()), float(ends.max())
+
+
+def quantize_normalization(norm: network.Normalization, limvals) -> QDense:
+    """The normalization layer in integers: a per-channel Dense of one input, from the identity-quantized stream."""
+    in_scale, in_zp = arithmetic.choose_qparams(*RAW_RANGE, 8)  # scale 1, zero point qmin: raw values on the wire
+    d = network.Dense(norm.name, norm.kernel[None, :], norm.bias, "linear")
+    return quantize_dense(d, 8, in_scale, in_zp, limvals, "a8_w8", per_channel=True)
+
+
 def quantize_network(net: network.Network, calib: np.ndarray, cfg: OptimizeConfig) -> QNetwork:
-    """Calibrate `net` on `calib` and return its integer version, per `cfg` (see the module docstring)."""
+    """Calibrate `net` (as parsed, without normalization) on `calib` (NHWC raw values, 0-255, as the
+    SDK takes calibration data when the script normalizes) and return its integer version, with the
+    input normalization, per `cfg` (see the module docstring)."""
     config.check(cfg, [d.name for d in net.layers])
-    x, float_outs, ranges = calibration.statistics(net, calib, cfg)
-    in_scale, in_zp = arithmetic.choose_qparams(*cfg.input_range, 8)
-    in_scale = _f32(in_scale)
+    normalized = with_normalization(net, cfg)
+    norm = normalized.normalization
+    raw, float_outs, ranges = calibration.statistics(normalized, calib, cfg)
+    x = norm.apply(raw.reshape(len(raw), -1, net.input_shape[-1])).reshape(len(raw), -1)  # as `forward` does
+    q_norm = quantize_normalization(norm, model_domain(cfg))
+    in_scale, in_zp = q_norm.out_scale, q_norm.out_zp
     work = net
     if cfg.optimization_level >= 2:
         work = finetune.finetune(net, x, float_outs[-1], ranges, in_scale, in_zp, cfg)
-    q_x = arithmetic.quantize(x, in_scale, in_zp, 8)
-    scale, zp, bits = in_scale, in_zp, 8
-    layers = []
+    qnet = QNetwork(net.name, net.input_shape, q_norm.in_scale, q_norm.in_zp, 8, RAW_RANGE, [], q_norm)
+    q_x = quantize_input(qnet, raw)
+    scale, zp, bits, layers = in_scale, in_zp, 8, []
     for i, (d, limvals) in enumerate(zip(work.layers, ranges)):
         mode = cfg.precision_of(d.name)
         q = quantize_dense(d, bits, scale, zp, limvals, mode, cfg.per_channel)
-        if cfg.optimization_level >= 1:
+        if cfg.optimization_level == 1:
             mean_f_in = (x if i == 0 else float_outs[i - 1]).mean(axis=0, dtype=np.float64)
             q = correct_bias(q, d, net.layers[i], q_x.mean(axis=0, dtype=np.float64), mean_f_in, limvals, mode, cfg)
         log.info("optimize: %-8s %s  range [%.3f, %.3f]  scale %.5g  zp %d", d.name, mode, *limvals, q.out_scale,
@@ -115,4 +161,5 @@ def quantize_network(net: network.Network, calib: np.ndarray, cfg: OptimizeConfi
         if i + 1 < len(work.layers):
             q_x = run_layer(q, q_x)  # the engine's own output: what the next layer really receives
         scale, zp, bits = q.out_scale, q.out_zp, q.out_bits
-    return QNetwork(net.name, net.input_shape, in_scale, in_zp, 8, tuple(cfg.input_range), layers)
+    qnet.layers = layers
+    return qnet

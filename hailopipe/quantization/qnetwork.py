@@ -3,6 +3,12 @@
 Produced by `optimizer.quantize_network`, stored as .q.npz arrays (`formats.qnpz`) in the quantized
 HAR and the compiled file, and executed by `engine.Engine`.  The meaning of every field is derived
 in `arithmetic`'s docstring; this module only holds them.
+
+The input qparams (`input_scale`, ...) are those of the input stream.  With the model script's
+`normalization`, the stream carries raw values with identity quantization (scale 1, limvals
+[0, 255], as Hailo's HEFs do) and `normalization` is the per-channel affine layer that maps them to
+the first layer's input qparams: a QDense of kernel [1, C], the same integer arithmetic applied to
+each channel's values alone (`engine.normalize` runs it).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ class QNetwork:
     input_bits: int
     input_limvals: tuple[float, float]
     layers: list[QDense]
+    normalization: QDense | None = None
 
     @property
     def output(self) -> QDense:

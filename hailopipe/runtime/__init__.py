@@ -38,10 +38,20 @@ timeouts never fire); a stream is offered in its native order only; a real HEF o
 but configure / create_infer_model raise RealHefError: running it needs a Hailo device and HailoRT.
 Emulator extras, not in HailoRT: `InferModel(hef).run_float(x)` / `.run_raw(u)` on whole batches.
 Wrong stream names, shapes, dtypes or formats raise HailoRTException (a PipelineError).
+
+The emulated device has an architecture (`VDevice(device_arch="hailo8l", hailort_version="4.20")`,
+default hailo8 and the newest HailoRT for it) and refuses a HEF compiled for a device it is not, with
+HailoRT's message and status (`formats.compatibility`; `hailopipe check` prints the same verdict).
 """
 
 from hailopipe.formats.streams import Format, FormatOrder, FormatType, QuantInfo, VStreamInfo
-from hailopipe.runtime.hef import HEF, HailoRTException, RealHefError
+from hailopipe.runtime.hef import (
+                                   HEF,
+                                   HailoRTException,
+                                   HailoRTHEFNotCompatibleWithDevice,
+                                   HailoRTInvalidHEFException,
+                                   RealHefError,
+)
 from hailopipe.runtime.infer_model import AsyncInferJob, Bindings, ConfiguredInferModel, InferModel, InferStream
 from hailopipe.runtime.vdevice import (
                                        ConfiguredNetwork,
@@ -55,7 +65,8 @@ from hailopipe.runtime.vdevice import (
                                        VDeviceParams,
 )
 
-__all__ = ["HEF", "Format", "FormatOrder", "FormatType", "HailoRTException", "HailoSchedulingAlgorithm",
+__all__ = ["HEF", "Format", "FormatOrder", "FormatType", "HailoRTException", "HailoRTInvalidHEFException",
+           "HailoRTHEFNotCompatibleWithDevice", "HailoSchedulingAlgorithm",
            "HailoStreamInterface", "InferStream", "QuantInfo", "RealHefError", "VStreamInfo", "InferModel", "Bindings",
            "ConfiguredInferModel", "AsyncInferJob", "VDevice", "VDeviceParams", "ConfiguredNetwork",
            "ConfigureParams", "InputVStreamParams", "OutputVStreamParams", "InferVStreams"]

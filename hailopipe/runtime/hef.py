@@ -19,7 +19,28 @@ from hailopipe.formats.streams import NetworkGroupInfo, VStreamInfo
 
 
 class HailoRTException(PipelineError):
-    """Bad input to the runtime API (wrong shape, dtype, stream name, format, file)."""
+    """Bad input to the runtime API (wrong shape, dtype, stream name, format, file).  A refusal that
+    HailoRT reports with a status carries it: `status` (e.g. "HAILO_INVALID_HEF") and `status_code` (26)."""
+
+    status: str = ""
+    status_code: int | None = None
+
+
+class HailoRTInvalidHEFException(HailoRTException):
+    """HAILO_INVALID_HEF(26), under hailo_platform's name for it."""
+
+
+class HailoRTHEFNotCompatibleWithDevice(HailoRTException):
+    """HAILO_HEF_NOT_COMPATIBLE_WITH_DEVICE(93) (HailoRT 4.21+), under hailo_platform's name for it."""
+
+
+def status_exception(message: str, status: str, code: int | None) -> HailoRTException:
+    """The exception hailo_platform raises for `status` (pyhailort.py ExceptionWrapper), carrying it."""
+    kind = {"HAILO_INVALID_HEF": HailoRTInvalidHEFException,
+            "HAILO_HEF_NOT_COMPATIBLE_WITH_DEVICE": HailoRTHEFNotCompatibleWithDevice}.get(status, HailoRTException)
+    exc = kind(message)
+    exc.status, exc.status_code = status, code
+    return exc
 
 
 class HEF:

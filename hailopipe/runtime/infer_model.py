@@ -113,7 +113,8 @@ class InferModel:
     # --- the computation, shared by both flows ---------------------------------------------------
 
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
-        """float32 model-domain input -> the raw stream integers, HailoRT's input conversion."""
+        """float32 input (raw pixels 0-255 when the model script normalizes) -> the raw stream integers,
+        HailoRT's input conversion with the input vstream's qparams."""
         x = np.asarray(x, np.float32)
         if np.isnan(x).any():
             raise HailoRTException(f"input {self.input_info.name}: contains NaN")

@@ -1,19 +1,37 @@
 """HailoRT's legacy flow: `VDevice`, `configure` -> `ConfiguredNetwork`, vstream params and
 `InferVStreams`, whole batches keyed by stream name; see `hailopipe.runtime`.
+
+The emulated device has an architecture and a HailoRT release, which HailoRT's VDevice does not take
+as arguments (a real one reads them from the board and the installed library):
+
+    VDevice(device_arch="hailo8l", hailort_version="4.20")   # or $HAILOPIPE_DEVICE_ARCH / $HAILOPIPE_HAILORT_VERSION
+
+Defaults: hailo8, and the newest HailoRT known for the device (4.23.0 for the Hailo-8 family, 5.2.0
+for the others).  `configure` and `create_infer_model` then refuse a HEF that release would refuse on
+that device (`formats.compatibility`), with HailoRT's message and status, e.g.
+"HAILO_HEF_NOT_COMPATIBLE_WITH_DEVICE(93)" (4.21+) or "HAILO_INVALID_HEF(26)" (4.20 and older), as
+hailo_platform's exception class for it.  HailoRT refuses at configure; the emulator refuses at
+create_infer_model already, before it builds the engine.  The warnings HailoRT logs for a HEF it
+accepts (a Hailo-8L HEF on a Hailo-8 runs at lower performance) go to `VDevice.warnings`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import logging
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from hailopipe.errors import PipelineError
+from hailopipe.formats import compatibility
 from hailopipe.formats.streams import FormatType, VStreamInfo
-from hailopipe.runtime.hef import HEF, HailoRTException
+from hailopipe.runtime.hef import HEF, HailoRTException, status_exception
 from hailopipe.runtime.infer_model import InferModel, InferStream
+
+log = logging.getLogger(__name__)
 
 
 class HailoStreamInterface(enum.Enum):
@@ -59,10 +77,41 @@ class VDeviceParams:
 class VDevice:
     """The emulated device: `configure(hef)` (legacy flow) or `create_infer_model(path)`."""
 
-    def __init__(self, params: VDeviceParams | None = None, *, device_ids=None):
+    def __init__(self, params: VDeviceParams | None = None, *, device_ids=None, device_arch: str | None = None,
+                 hailort_version: str | None = None):
         self.params = params or VDeviceParams()
+        self.device_arch = device_arch or os.environ.get("HAILOPIPE_DEVICE_ARCH") or "hailo8"
+        if self.device_arch not in compatibility.DEVICES:
+            raise HailoRTException(f"VDevice: device_arch {self.device_arch!r} is not one of "
+                                   f"{', '.join(compatibility.DEVICES)}")
+        version = hailort_version or os.environ.get("HAILOPIPE_HAILORT_VERSION")
+        try:
+            self.hailort_version = (compatibility.parse_release(version, "VDevice: hailort_version") if version
+                                    else compatibility.default_release(self.device_arch))
+        except PipelineError as exc:
+            raise HailoRTException(str(exc)) from None
+        refused = compatibility.device_refusal(self.device_arch, self.hailort_version)
+        if refused:
+            raise self._error("VDevice", refused)
         self._configured: list[ConfiguredNetwork] = []
         self._open = True
+        self.warnings: list[str] = []  # HailoRT's warnings for the HEFs checked (e.g. a Hailo-8L HEF on a Hailo-8)
+
+    def _error(self, label: str, o: "compatibility.Outcome") -> HailoRTException:
+        release = ".".join(map(str, self.hailort_version))
+        status = f": status={o.status_text}" if o.status else ""
+        return status_exception(f"{label}: {o.message}{status} (HailoRT {release}, {self.device_arch} device)",
+                                o.status, compatibility.STATUS.get(o.status))
+
+    def check_hef(self, hef: HEF) -> None:
+        """Refuse `hef` as this device's HailoRT release would (HailoRTException); log its warnings."""
+        o = compatibility.evaluate(compatibility.facts(hef.info, hef.compiled), self.device_arch,
+                                   self.hailort_version)
+        if not o.ok:
+            raise self._error(hef.path or "<bytes>", o)
+        for warning in o.warnings:  # HailoRT logs them as warnings; here a run's output stays the run's
+            self.warnings.append(f"{hef.path or '<bytes>'}: {warning}")
+            log.debug("%s", self.warnings[-1])
 
     @staticmethod
     def create_params() -> VDeviceParams:
@@ -91,13 +140,16 @@ class VDevice:
         self._check_open()
         if not isinstance(hef, HEF):
             raise HailoRTException("VDevice.configure expects a HEF object")
+        self.check_hef(hef)
         ng = ConfiguredNetwork(hef)
         self._configured.append(ng)
         return [ng]
 
-    def create_infer_model(self, hef_source: str | os.PathLike | bytes, name: str = "") -> InferModel:
+    def create_infer_model(self, hef_source: str | os.PathLike | bytes | HEF, name: str = "") -> InferModel:
         self._check_open()
-        return InferModel(hef_source, name)
+        hef = hef_source if isinstance(hef_source, HEF) else HEF(hef_source)
+        self.check_hef(hef)
+        return InferModel(hef, name)
 
 
 class ConfigureParams:

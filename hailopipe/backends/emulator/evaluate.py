@@ -1,4 +1,6 @@
-"""The emulator's three views of the model for the evaluate stage: native, quantized, compiled."""
+"""The emulator's three views of the model for the evaluate stage: native (the parsed HAR, pixels /
+255 in), quantized and compiled (raw pixels 0-255 in, as the SDK's and HailoRT's after a model
+script with normalization)."""
 
 from __future__ import annotations
 
@@ -16,13 +18,14 @@ def infer_native(har_path, x: np.ndarray) -> np.ndarray:
     return network.forward(har.load(har_path, expect_state="hailo_model").net, x)
 
 
-def infer_quantized(har_path, x: np.ndarray) -> np.ndarray:
-    """The quantized HAR emulated (SDK_QUANTIZED): float in, dequantized logits out."""
+def infer_quantized(har_path, raw: np.ndarray) -> np.ndarray:
+    """The quantized HAR emulated (SDK_QUANTIZED): raw values in (pixels 0-255, which its model
+    script normalizes), dequantized logits out."""
     q = har.load(har_path, expect_state="quantized_model").qnet
-    out = Engine(q).run(arithmetic.quantize(x, q.input_scale, q.input_zp, q.input_bits))
+    out = Engine(q).run(arithmetic.quantize(raw, q.input_scale, q.input_zp, q.input_bits, limvals=q.input_limvals))
     return arithmetic.dequantize(out, q.output.out_scale, q.output.out_zp)
 
 
-def infer_compiled(hef_path, x: np.ndarray) -> np.ndarray:
-    """The compiled file through the runtime, float32 in and out as HailoRT's FLOAT32 vstreams."""
-    return InferModel(HEF(hef_path)).run_float(x)
+def infer_compiled(hef_path, raw: np.ndarray) -> np.ndarray:
+    """The compiled file through the runtime, float32 in and out as HailoRT's FLOAT32 vstreams (raw pixels in)."""
+    return InferModel(HEF(hef_path)).run_float(raw)

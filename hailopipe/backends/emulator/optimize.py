@@ -23,6 +23,7 @@ def optimize(har_path, out_har_path, calib: np.ndarray, cfg: OptimizeConfig, hw_
     meta = {"hw_arch": hw_arch,
             "model_script": model_script.render(src.net, cfg, ranges=[q.limvals for q in qnet.layers]),
             "calibset_size": int(len(calib))}
-    har.save(har.Har("quantized_model", src.net, qnet, meta), out_har_path)
+    har.save(har.Har("quantized_model", optimizer.with_normalization(src.net, cfg), qnet, meta), out_har_path)
     return {"layers": {q.name: {"limvals": list(q.limvals), "scale": q.out_scale, "zero_point": q.out_zp}
-                       for q in qnet.layers}}
+                       for q in [qnet.normalization, *qnet.layers]},
+            "applied": optimizer.applied(cfg)}
