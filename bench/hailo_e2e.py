@@ -8,9 +8,10 @@ step), from the repo root, once the emulator pipeline has made its inputs (`dvc 
 It runs the hailo backend's functions, and the emulator's for comparison, on
 models/float/model.tflite and data/mnist.npz with the params.yaml optimize settings, into a
 temporary directory, and prints side by side: accuracies (TFLite float, SDK_NATIVE,
-SDK_QUANTIZED, the HEF on the device, the emulator), the SDK's warnings, both compile reports,
-the HEF header and frames per second.  It exits 1 with one `error:` line if a step fails or a
-check fails:
+SDK_QUANTIZED, the HEF on the device, the emulator), how the parse went (node names, retries),
+what the DFC applied (level, bias correction, finetune, GPU), the SDK's warnings, both compile
+reports, the HEF header and frames per second.  It exits 1 with one `error:` line if a step fails
+or a check fails:
 
 - SDK_NATIVE logits within 1e-3 of the TFLite model's (the parser kept the network);
 - SDK_QUANTIZED accuracy at most 1 percentage point below float;
@@ -28,6 +29,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for stages.optimize.config (the stage's params -> OptimizeConfig)
@@ -45,18 +49,27 @@ def timed(label: str, times: dict, fn, *args):
     return out
 
 
-def run_backend(backend, out: Path, tflite, calib, cfg, hw_arch: str, x, times: dict) -> dict:
+def steps(name: str) -> SimpleNamespace:
+    """The functions of backend `name` this script runs, from the module of each step."""
+    get = {step: backends.get(name, step) for step in ("parse", "optimize", "compile", "evaluate")}
+    return SimpleNamespace(parse=get["parse"].parse, optimize=get["optimize"].optimize, compile=get["compile"].compile,
+                           infer_native=get["evaluate"].infer_native, infer_quantized=get["evaluate"].infer_quantized,
+                           infer_compiled=get["evaluate"].infer_compiled)
+
+
+def run_backend(backend, out: Path, tflite, calib, cfg, hw_arch: str, x, raw, times: dict) -> dict:
+    """Every step of `backend`; `x` the images in the model's domain (pixels / 255), `raw` the same
+    as raw pixels 0-255 (what the quantized and compiled models take), `calib` raw pixels too."""
     out.mkdir(parents=True, exist_ok=True)
     har, qhar, hef = out / "mnist.har", out / "mnist_quantized.har", out / "mnist.hef"
-    timed("parse", times, backend.parse, tflite, har, "mnist", hw_arch)
+    parsed = timed("parse", times, backend.parse, tflite, har, "mnist", hw_arch)
     summary = timed("optimize", times, backend.optimize, har, qhar, calib, cfg, hw_arch)
     report = timed("compile", times, backend.compile, qhar, hef, hw_arch)
-    result = {"summary": summary, "report": report,
-              "quantized": timed("quantized", times, backend.infer_quantized, qhar, x)}
-    if hasattr(backend, "infer_native"):
-        result["native"] = backend.infer_native(har, x)
+    result = {"parse": parsed, "summary": summary, "report": report,
+              "quantized": timed("quantized", times, backend.infer_quantized, qhar, raw),
+              "native": backend.infer_native(har, x)}
     try:
-        result["compiled"] = timed("compiled", times, backend.infer_compiled, hef, x)
+        result["compiled"] = timed("compiled", times, backend.infer_compiled, hef, raw)
     except PipelineError as exc:
         if "no Hailo device" not in str(exc):
             raise
@@ -75,22 +88,27 @@ def main() -> None:
     hw_arch = args.hw_arch or p.hw_arch()
     tflite = ROOT / "models" / "float" / "model.tflite"
     arrays = data.load_split(ROOT / "data" / "mnist.npz")
-    x_all, y_all = data.to_float(arrays["x_val"]), arrays["y_val"]
-    x, y = x_all[:args.images], y_all[:args.images]
-    size = args.calibration_size or p.int("calibration.size", 1, len(x_all))
-    cfg = config(p, size)
-    hailo = backends.get("hailo")
+    pixels, y_all = arrays["x_val"], arrays["y_val"]
+    raw_all = pixels.astype(np.float32)[..., None]  # raw pixels 0-255, NHWC
+    x, raw, y = data.to_float(pixels[:args.images]), raw_all[:args.images], y_all[:args.images]
+    size = args.calibration_size or p.int("calibration.size", 1, len(raw_all))
+    cfg = config(p, size, None, None)
+    hailo = steps("hailo")
     out = args.keep or Path(tempfile.mkdtemp(prefix="hailo_e2e."))
     times_h, times_e = {}, {}
-    h = run_backend(hailo, out / "hailo", tflite, x_all[:size], cfg, hw_arch, x, times_h)
-    e = run_backend(backends.get("emulator"), out / "emulator", tflite, x_all[:size], cfg, hw_arch, x, times_e)
+    h = run_backend(hailo, out / "hailo", tflite, raw_all[:size], cfg, hw_arch, x, raw, times_h)
+    e = run_backend(steps("emulator"), out / "emulator", tflite, raw_all[:size], cfg, hw_arch, x, raw, times_e)
     fl = evaluate.tflite_logits(tflite, x)
 
     def acc(logits):
         return "-" if logits is None else f"{evaluate.accuracy(logits, y):.4f}"
 
-    print(f"hailo backend end to end: hw_arch {hw_arch}, {hailo.versions()}, {len(y)} images, "
+    print(f"hailo backend end to end: hw_arch {hw_arch}, DFC {h['parse']['sdk_version']}, {len(y)} images, "
           f"calibration {size}, artefacts in {out}")
+    print("parse:", f"end_node_names {h['parse']['end_node_names']}, {len(h['parse']['attempts'])} attempt(s)",
+          *[f"{a['end_node_names']}: {a['error']}" for a in h["parse"]["attempts"] if a["error"]], sep="\n  ")
+    print("applied by the DFC:", json.dumps(h["summary"].get("applied")))
+    print("applied by the emulator:", json.dumps(e["summary"].get("applied")))
     print(f"{'':28}{'hailo SDK':>12}{'emulator':>12}")
     print(f"{'accuracy float (TFLite)':28}{acc(fl):>12}{acc(fl):>12}")
     print(f"{'accuracy SDK_NATIVE':28}{acc(h['native']):>12}{'-':>12}")

@@ -1,6 +1,7 @@
 """Stage optimize: calibrate on `calibration.size` validation images and quantize (params.yaml `optimize`).
 
-    python -m stages.optimize [--calibration-size N]   # models/mnist.har -> models/mnist_quantized.har
+    python -m stages.optimize [--calibration-size N]   # models/mnist.har -> models/mnist_quantized.har,
+                                                       # metrics/optimize.json (what ran)
 
 dvc.yaml passes `--calibration-size ${calibration.size}` (see the note there); without the option
 the value is read from params.yaml.  Which images: `calibration.selection` first (the first N, as
@@ -13,11 +14,13 @@ import logging
 
 from hailopipe import data
 from hailopipe.errors import run_main
+from hailopipe.fileio import write_json
 from hailopipe.quantization.config import CLIPPING_MODES, LEVELS, FinetuneConfig, OptimizeConfig
 from stages import calibration, params, shared
 
 log = logging.getLogger("stages.optimize")
 HAR, DATA, OUT = "models/mnist.har", "data/mnist.npz", "models/mnist_quantized.har"
+METRICS = "metrics/optimize.json"
 
 
 def normalization(p: params.Params) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -68,8 +71,10 @@ def main() -> None:
              cfg.optimization_level, cfg.clipping_mode, "per_channel" if cfg.per_channel else "per_tensor",
              cfg.precision or "a8_w8")
     summary = backend.optimize(HAR, OUT, calib, cfg, p.hw_arch())
-    if "applied" in summary:
-        log.info("optimize: applied %s", ", ".join(f"{k} {v}" for k, v in summary["applied"].items()))
+    applied = summary.get("applied", {})
+    log.info("optimize: applied %s", ", ".join(f"{k} {v}" for k, v in applied.items()))
+    write_json(METRICS, {"applied": applied, "calibration_images": len(calib),
+                         "sdk_warnings": len(summary.get("warnings", []))})
     for warning in summary.get("warnings", []):  # the SDK's own warnings that change the result
         log.warning("optimize: warning from the %s backend: %s", p.str("backend"), warning)
     log.info("optimize: wrote %s", OUT)

@@ -17,7 +17,7 @@ import yaml
 
 from hailopipe.errors import PipelineError
 
-HW_ARCHS = ("hailo8", "hailo8r", "hailo8l", "hailo15h", "hailo15m", "hailo15l", "hailo10h")
+HW_ARCHS = ("hailo8", "hailo8r", "hailo8l", "hailo15h", "hailo15m", "hailo15l", "hailo10h", "hailo10p", "hailo12l")
 
 
 class Params:

@@ -1,17 +1,19 @@
-"""The hailo backend (hailopipe/backends/hailo/: adapter.py, sdk.py) against the SDK stand-in in tests/fake_hailo.
+"""The hailo backend (hailopipe/backends/hailo/) against the SDK stand-in in tests/fake_hailo.
 
 The real Dataflow Compiler and HailoRT cannot be installed here, so these tests check the adapter
-against fake `hailo_sdk_client` / `hailo_platform` packages that record every call and refuse what
-the real ones refuse (state order, hw_arch, model-script spelling, NHWC float32 data, vstream
-names and formats, network-group activation).  The first group checks that the stand-in does
-refuse those things, so the adapter tests after it can fail.  Without the stand-in on the path,
-the backend must stop with one clear message, and the emulator must never import the SDK.
+against fake `hailo_sdk_client` / `hailo_platform` packages that record every call and do what the
+real ones do as far as public code and logs show (docs/hailo-backend.md).  The first group checks
+the stand-in itself (what it refuses and accepts), so the adapter tests after it can fail.  Then
+the adapter, step by step, over the variants a user meets: DFC 3.x and 5.x, HailoRT 4.x and 5.x,
+with and without a GPU, and the parse retry paths.  Without the stand-in on the path, the backend
+must stop with one clear message, and the emulator must never import the SDK.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -22,7 +24,7 @@ import numpy as np
 import pytest
 import yaml
 
-from hailopipe import backends, data, network
+from hailopipe import backends, network
 from hailopipe.backends.emulator import compile as emulator_compile
 from hailopipe.errors import PipelineError
 from hailopipe.formats import ehef, har
@@ -34,14 +36,18 @@ SDK_MODULES = ("hailo_sdk_client", "hailo_platform", "fake_hailo_common")
 IN_NAME = "serving_default_input:0"
 
 
-# --- a TFLite file without TensorFlow ---------------------------------------------------------
+# --- TFLite files without TensorFlow ----------------------------------------------------------
 
-def tflite_bytes(net: network.Network, softmax: bool = False, tanh: bool = False) -> bytes:
+def tflite_bytes(net: network.Network, softmax: bool = False, tanh_after: int | None = None,
+                 keras3: bool = False) -> bytes:
     """A float TFLite flatbuffer for `net` (Flatten -> FULLY_CONNECTED chain [-> SOFTMAX]), built with
-    LiteRT's schema object API, as the Keras converter lays it out."""
+    LiteRT's schema object API, as the Keras converter lays it out.  `tanh_after=i` puts a TANH after
+    the i-th dense layer (0: after the Flatten).  `keras3`: Flatten as a Keras 3 export with a
+    dynamic batch writes it (SHAPE -> STRIDED_SLICE -> PACK -> RESHAPE), `:0` tensor names."""
     from ai_edge_litert import schema_py_generated as s
 
     tensors, buffers, ops, codes = [], [s.BufferT()], [], []
+    suffix = ":0" if keras3 else ""
 
     def tensor(name, shape, values=None, ttype=s.TensorType.FLOAT32):
         buf = s.BufferT()
@@ -57,24 +63,46 @@ def tflite_bytes(net: network.Network, softmax: bool = False, tanh: bool = False
         ops.append(s.OperatorT(opcodeIndex=codes.index(code), inputs=inputs, outputs=outputs,
                                builtinOptionsType=opts_type, builtinOptions=opts))
 
+    def tanh(cur, where):
+        out = tensor(f"mnist/tanh_{where}", tensors[cur].shape)
+        op(s.BuiltinOperator.TANH, [cur], [out])
+        return out
+
+    i32 = s.TensorType.INT32
     x = tensor(IN_NAME, [1, *net.input_shape])
     flat = tensor("mnist/flatten/Reshape", [1, net.input_size])
-    op(s.BuiltinOperator.RESHAPE, [x, tensor("mnist/flatten/shape", [2], np.array([-1, net.input_size], "<i4"),
-                                             s.TensorType.INT32)], [flat])
-    cur = flat
+    if keras3:
+        shape = tensor("mnist/flatten/Shape", [4], ttype=i32)
+        shape_opts = s.ShapeOptionsT()
+        shape_opts.outType = i32
+        op(s.BuiltinOperator.SHAPE, [x], [shape], s.BuiltinOptions.ShapeOptions, shape_opts)
+        batch = tensor("mnist/flatten/strided_slice", [], ttype=i32)
+        consts = [tensor(f"mnist/flatten/strided_slice/{n}", [1], np.array([v], "<i4"), i32)
+                  for n, v in (("begin", 0), ("end", 1), ("strides", 1))]
+        slice_opts = s.StridedSliceOptionsT()
+        slice_opts.shrinkAxisMask = 1
+        op(s.BuiltinOperator.STRIDED_SLICE, [shape, *consts], [batch], s.BuiltinOptions.StridedSliceOptions, slice_opts)
+        packed = tensor("mnist/flatten/Reshape/shape", [2], ttype=i32)
+        pack_opts = s.PackOptionsT()
+        pack_opts.valuesCount, pack_opts.axis = 2, 0
+        op(s.BuiltinOperator.PACK, [batch, tensor("mnist/flatten/Const", [], np.array(net.input_size, "<i4"), i32)],
+           [packed], s.BuiltinOptions.PackOptions, pack_opts)
+        op(s.BuiltinOperator.RESHAPE, [x, packed], [flat])
+    else:
+        op(s.BuiltinOperator.RESHAPE, [x, tensor("mnist/flatten/shape", [2], np.array([-1, net.input_size], "<i4"),
+                                                 i32)], [flat])
+    cur = tanh(flat, 0) if tanh_after == 0 else flat
     for i, layer in enumerate(net.layers, 1):
         opts = s.FullyConnectedOptionsT()
         opts.fusedActivationFunction = (s.ActivationFunctionType.RELU if layer.activation == "relu"
                                         else s.ActivationFunctionType.NONE)
         w = tensor(f"mnist/dense{i}/MatMul", layer.kernel.T.shape, layer.kernel.T.astype("<f4"))
         b = tensor(f"mnist/dense{i}/BiasAdd", layer.bias.shape, layer.bias.astype("<f4"))
-        out = tensor(f"mnist/dense{i}/out", [1, layer.kernel.shape[1]])
+        last = i == len(net.layers) and not softmax and tanh_after != i
+        name = f"StatefulPartitionedCall_1{suffix}" if last and keras3 else f"mnist/dense{i}/out"
+        out = tensor(name, [1, layer.kernel.shape[1]])
         op(s.BuiltinOperator.FULLY_CONNECTED, [cur, w, b], [out], s.BuiltinOptions.FullyConnectedOptions, opts)
-        cur = out
-        if tanh and i == 1:
-            cur2 = tensor("mnist/tanh", [1, layer.kernel.shape[1]])
-            op(s.BuiltinOperator.TANH, [cur], [cur2])
-            cur = cur2
+        cur = tanh(out, i) if tanh_after == i else out
     if softmax:
         probs = tensor("mnist/softmax", [1, net.num_outputs])
         opts = s.SoftmaxOptionsT()
@@ -96,11 +124,21 @@ def tflite_path(fitted_net, tmp_path_factory):
     return path
 
 
-def test_tflite_builder_runs_in_litert(fitted_net, tflite_path, val_images):
+@pytest.fixture(scope="module")
+def raw(subset):
+    """The validation digits as raw pixels 0-255, NHWC float32: what optimize and the quantized and
+    compiled models take (the model script normalizes them)."""
+    return subset["x_val"].astype(np.float32)[..., None]
+
+
+@pytest.mark.parametrize("keras3", [False, True])
+def test_tflite_builder_runs_in_litert(fitted_net, tmp_path, val_images, keras3):
     from hailopipe import evaluate
 
+    path = tmp_path / "m.tflite"
+    path.write_bytes(tflite_bytes(fitted_net, keras3=keras3))
     x = val_images[0][:32]
-    np.testing.assert_allclose(evaluate.tflite_logits(tflite_path, x), network.forward(fitted_net, x), atol=1e-4)
+    np.testing.assert_allclose(evaluate.tflite_logits(path, x), network.forward(fitted_net, x), atol=1e-4)
 
 
 # --- the stand-in on the path -----------------------------------------------------------------
@@ -114,18 +152,21 @@ def _forget_sdk():
 @pytest.fixture
 def fake(monkeypatch):
     """Put tests/fake_hailo on sys.path with the default environment; `fake(VAR=value)` re-imports
-    the stand-in with changed environment variables.  Yields that function."""
+    the stand-in with changed environment variables (CUDA_VISIBLE_DEVICES unset first, so the fake
+    DFC picks its GPU again at import unless the call sets it).  Yields that function."""
     for var in ("FAKE_HAILO_DFC_VERSION", "FAKE_HAILORT_VERSION", "FAKE_HAILO_DEVICES", "FAKE_HAILO_GPU",
-                "FAKE_HAILO_LOG"):
+                "FAKE_HAILO_LOG", "CUDA_VISIBLE_DEVICES"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.syspath_prepend(str(FAKE))
 
     def configure(**env):
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         _forget_sdk()
         importlib.invalidate_caches()
         importlib.import_module("hailo_sdk_client")
+        importlib.import_module("hailo_platform")
 
     configure()
     yield configure
@@ -139,6 +180,10 @@ def calls(kind=None) -> list[dict]:
 
 def sdk():
     return importlib.import_module("hailo_sdk_client")
+
+
+def hailort():
+    return importlib.import_module("hailo_platform")
 
 
 @pytest.fixture
@@ -155,22 +200,28 @@ def parsed(fake, tflite_path, tmp_path):
 
 
 @pytest.fixture
-def quantized(parsed, val_images, cfg, tmp_path):
+def quantized(parsed, raw, cfg, tmp_path):
     from hailopipe.backends import hailo
 
-    hailo.optimize(parsed, tmp_path / "q.har", val_images[0][:200], cfg, "hailo8")
+    hailo.optimize(parsed, tmp_path / "q.har", raw[:200], cfg, "hailo8")
     return tmp_path / "q.har"
 
 
-# --- the stand-in refuses what the real toolchain refuses --------------------------------------
+def parsed_runner(tflite_path):
+    runner = sdk().ClientRunner(hw_arch="hailo8")
+    runner.translate_tf_model(str(tflite_path), "mnist")
+    return runner
 
-def test_stand_in_enforces_state_order(fake, tflite_path, val_images):
+
+# --- the stand-in refuses what the real toolchain refuses, and accepts what it accepts -------
+
+def test_stand_in_enforces_state_order(fake, tflite_path, raw):
     runner = sdk().ClientRunner(hw_arch="hailo8")
     with pytest.raises(Exception, match="optimize needs state HAILO_MODEL"):
-        runner.optimize(val_images[0][:8] * 255)
+        runner.optimize(raw[:8])
     with pytest.raises(Exception, match="compile needs state QUANTIZED_MODEL"):
         runner.compile()
-    runner.translate_tf_model(str(tflite_path), "mnist", start_node_names=[IN_NAME])
+    runner.translate_tf_model(str(tflite_path), "mnist")
     with pytest.raises(Exception, match="compile needs state QUANTIZED_MODEL"):
         runner.compile()
     with pytest.raises(Exception, match="translate_tf_model needs state UNINITIALIZED"):
@@ -179,15 +230,29 @@ def test_stand_in_enforces_state_order(fake, tflite_path, val_images):
 
 @pytest.mark.parametrize("data, match", [
     (lambda x: np.transpose(x, (0, 3, 1, 2)), "this looks NCHW"),
-    (lambda x: x.astype(np.float64), "expected float32"),
     (lambda x: x[..., 0], "does not match input layer"),
     (lambda x: {"mnist/input": x}, "are not the input layers"),
+    (lambda x: x > 0, "not numeric"),
+    (lambda x: x.astype(np.complex64), "not numeric"),
 ])
-def test_stand_in_refuses_bad_calibration_data(fake, tflite_path, val_images, data, match):
-    runner = sdk().ClientRunner(hw_arch="hailo8")
-    runner.translate_tf_model(str(tflite_path), "mnist")
+def test_stand_in_refuses_bad_calibration_data(fake, tflite_path, raw, data, match):
+    runner = parsed_runner(tflite_path)
     with pytest.raises(Exception, match=match):
-        runner.optimize(data(val_images[0][:8] * np.float32(255)))
+        runner.optimize(data(raw[:8]))
+
+
+def test_stand_in_accepts_uint8_and_float64_calibration(fake, tflite_path, raw, tmp_path):
+    """xmihol00's Hailo-8 MNIST compile passes uint8 pixels; float64 is numpy's default: the SDK takes both."""
+    outputs = []
+    for dtype in (np.float32, np.uint8, np.float64):
+        runner = parsed_runner(tflite_path)
+        runner.load_model_script("normalization1 = normalization([0], [255])\n"
+                                 "model_optimization_flavor(optimization_level=0)")
+        runner.optimize(raw[:64].astype(dtype))
+        with runner.infer_context(sdk().InferenceContext.SDK_QUANTIZED) as ctx:
+            outputs.append(runner.infer(ctx, raw[:50]))
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    np.testing.assert_array_equal(outputs[0], outputs[2])
 
 
 @pytest.mark.parametrize("line, match", [
@@ -205,8 +270,7 @@ def test_stand_in_refuses_bad_calibration_data(fake, tflite_path, val_images, da
     ("# a comment", "not a command"),
 ])
 def test_stand_in_checks_model_script_spelling(fake, tflite_path, line, match):
-    runner = sdk().ClientRunner(hw_arch="hailo8")
-    runner.translate_tf_model(str(tflite_path), "mnist")
+    runner = parsed_runner(tflite_path)
     if match is None:
         runner.load_model_script(line)
     else:
@@ -214,9 +278,10 @@ def test_stand_in_checks_model_script_spelling(fake, tflite_path, line, match):
             runner.load_model_script(line)
 
 
-@pytest.mark.parametrize("version, arch, ok", [("3.27.0", "hailo8l", True), ("3.27.0", "hailo10h", False),
-                                               ("5.1.0", "hailo15h", True), ("5.1.0", "hailo8", False),
-                                               ("3.27.0", "hailo9", False)])
+@pytest.mark.parametrize("version, arch, ok", [
+    ("3.27.0", "hailo8l", True), ("3.27.0", "hailo10h", False), ("3.27.0", "hailo12l", False),
+    ("5.1.0", "hailo15h", True), ("5.1.0", "hailo10p", True), ("5.1.0", "hailo12l", True),
+    ("5.1.0", "hailo8", False), ("3.27.0", "hailo9", False)])
 def test_stand_in_checks_hw_arch(fake, version, arch, ok):
     fake(FAKE_HAILO_DFC_VERSION=version)
     if ok:
@@ -226,12 +291,129 @@ def test_stand_in_checks_hw_arch(fake, version, arch, ok):
             sdk().ClientRunner(hw_arch=arch)
 
 
-def test_stand_in_infer_needs_an_open_context(fake, quantized, val_images):
+# What the DFC does with a script, as public logs and scripts show it (see the stand-in's docstring):
+# script lines, GPU, images -> (level applied, bias correction ran, finetune ran, a warning it gives).
+NORM = "normalization1 = normalization([0], [255])"
+PLANS = [
+    ([], False, 200, 0, False, False, "because there's less data than the recommended amount (1024), and there's no "
+                                      "available GPU"),
+    ([], True, 200, 1, True, False, "because there's less data than the recommended amount (1024)"),
+    ([], True, 1024, 2, False, True, None),
+    (["model_optimization_flavor(optimization_level=2)"], False, 200, 2, False, True, None),  # explicit: kept
+    (["model_optimization_flavor(optimization_level=1)"], False, 200, 1, True, False, None),
+    (["model_optimization_flavor(optimization_level=0)", "post_quantization_optimization(finetune, policy=enabled)"],
+     False, 200, 0, False, True, "zero level of optimization"),  # as Model Zoo's clip_*_text_encoder.alls
+    (["model_optimization_flavor(optimization_level=2)", "post_quantization_optimization(bias_correction, "
+      "policy=enabled)"], False, 200, 2, False, True, "both enabled"),
+]
+
+
+@pytest.mark.parametrize("lines, gpu, n, level, bias, finetune, warning", PLANS)
+def test_stand_in_optimizes_as_the_dfc_logs_show(fake, tflite_path, raw, caplog, lines, gpu, n, level, bias,
+                                                 finetune, warning):
+    if gpu:
+        fake(FAKE_HAILO_GPU="1")
+    images = np.concatenate([raw] * (1 + n // len(raw)))[:n]
+    runner = parsed_runner(tflite_path)
+    runner.load_model_script("\n".join([NORM, f"model_optimization_config(calibration, calibset_size={n})", *lines]))
+    logger = logging.getLogger("hailo_sdk.client")
+    logger.addHandler(caplog.handler)
+    try:
+        runner.optimize(images)
+    finally:
+        logger.removeHandler(caplog.handler)
+    messages = [r.getMessage() for r in caplog.records]
+    reducing = [m for m in messages if m.startswith("Reducing optimization level")]
+    assert reducing == ([f"Reducing optimization level to {level} (the accuracy won't be optimized and compression "
+                         f"won't be used) {warning}"] if warning and warning.startswith("because") else [])
+    assert ("Starting Bias Correction" in messages, "Bias Correction skipped" in messages) == (bias, not bias)
+    assert ("Starting Quantization-Aware Fine-Tuning" in messages) == finetune
+    if warning and not warning.startswith("because"):
+        assert any(warning in m for m in messages), messages
+    assert runner.state == sdk().States.QUANTIZED_MODEL
+    assert "mnist/normalization1" in runner.get_hn_dict()["layers"]  # the optimized HN has the layer
+    assert runner.get_params()["mnist/normalization1/kernel:0"].tolist() == [np.float32(1 / 255)]
+
+
+def test_stand_in_parser_recommends_end_nodes(fake, fitted_net, tmp_path):
+    path = tmp_path / "tanh.tflite"
+    path.write_bytes(tflite_bytes(fitted_net, tanh_after=1))
+    exc_type = importlib.import_module("hailo_sdk_client.model_translator.exceptions").ParsingWithRecommendationException
+    with pytest.raises(exc_type) as err:
+        sdk().ClientRunner(hw_arch="hailo8").translate_tf_model(str(path), "mnist")
+    assert err.value.recommended_end_node_names == ["mnist/dense1/out"]
+    assert str(err.value).endswith("Please try to parse the model again, using these end node names: mnist/dense1/out")
+    with pytest.raises(Exception, match="without ':0'"):
+        sdk().ClientRunner(hw_arch="hailo8").translate_tf_model(str(path), "mnist", start_node_names=[IN_NAME])
+
+
+def test_stand_in_infer_needs_an_open_context(fake, quantized, raw):
     runner = sdk().ClientRunner(har=str(quantized))
     with runner.infer_context(sdk().InferenceContext.SDK_QUANTIZED) as ctx:
         pass
     with pytest.raises(Exception, match="open `with runner.infer_context"):
-        runner.infer(ctx, val_images[0][:4] * np.float32(255))
+        runner.infer(ctx, raw[:4])
+
+
+@pytest.fixture
+def hef_path(quantized, tmp_path):
+    from hailopipe.backends import hailo
+
+    hailo.compile(quantized, tmp_path / "m.hef", "hailo8")
+    return tmp_path / "m.hef"
+
+
+def test_stand_in_hef_takes_a_path_or_bytes(fake, hef_path):
+    hp = hailort()
+    by_path, by_bytes = hp.HEF(str(hef_path)), hp.HEF(hef_path.read_bytes())
+    assert by_path.get_input_vstream_infos() == by_bytes.get_input_vstream_infos()
+    with pytest.raises(ValueError, match="file path .str. or a buffer .bytes."):
+        hp.HEF(hef_path)  # a pathlib.Path is neither, in pyhailort
+
+
+@pytest.mark.parametrize("scheduling, needs_activate", [("ROUND_ROBIN", False), ("NONE", True)])
+def test_stand_in_activation_follows_the_scheduler(fake, hef_path, raw, caplog, scheduling, needs_activate):
+    """HailoRT 4.x and 5.x alike: VDevice()'s default scheduler (ROUND_ROBIN) makes activate() a
+    deprecated no-op; only without a scheduler does InferVStreams need it."""
+    fake(FAKE_HAILO_DEVICES="0")
+    hp = hailort()
+    params = hp.VDevice.create_params()
+    assert params.scheduling_algorithm == hp.HailoSchedulingAlgorithm.ROUND_ROBIN
+    params.scheduling_algorithm = getattr(hp.HailoSchedulingAlgorithm, scheduling)
+    hef = hp.HEF(str(hef_path))
+    name = hef.get_input_vstream_infos()[0].name
+    with hp.VDevice(params) as vdevice:
+        ng = vdevice.configure(hef)[0]
+        ivp = hp.InputVStreamParams.make(ng, format_type=hp.FormatType.FLOAT32)
+        ovp = hp.OutputVStreamParams.make(ng, format_type=hp.FormatType.FLOAT32)
+        with hp.InferVStreams(ng, ivp, ovp) as pipe:
+            if needs_activate:
+                with pytest.raises(hp.HailoRTException, match="Network group is not activated"):
+                    pipe.infer({name: raw[:4]})
+            else:
+                pipe.infer({name: raw[:4]})
+            with ng.activate(ng.create_params()):
+                pipe.infer({name: raw[:4]})
+    assert any("activate()` when working with scheduler are deprecated" in r.getMessage()
+               for r in caplog.records) == (not needs_activate)
+
+
+def test_stand_in_hailort5_has_no_infer_vstreams_on_hailo10(fake, tflite_path, raw, tmp_path):
+    from hailopipe.backends import hailo
+
+    fake(FAKE_HAILO_DFC_VERSION="5.2.0", FAKE_HAILORT_VERSION="5.2.0", FAKE_HAILO_DEVICES="0")
+    hailo.parse(tflite_path, tmp_path / "m.har", "mnist", "hailo10h")
+    hailo.optimize(tmp_path / "m.har", tmp_path / "q.har", raw[:200], OptimizeConfig(calib_size=200), "hailo10h")
+    hailo.compile(tmp_path / "q.har", tmp_path / "m.hef", "hailo10h")
+    hp = hailort()
+    with hp.VDevice() as vdevice:
+        with pytest.raises(hp.HailoRTException, match="use InferModel instead"):
+            vdevice.configure(hp.HEF(str(tmp_path / "m.hef")))
+        model = vdevice.create_infer_model(str(tmp_path / "m.hef"))
+        with model.configure() as configured:
+            bindings = [configured.create_bindings() for _ in range(configured.get_async_queue_size() + 1)]
+            with pytest.raises(hp.HailoRTException, match="async queue size"):
+                configured.run(bindings, 1000)
 
 
 # --- without the SDK --------------------------------------------------------------------------
@@ -263,8 +445,7 @@ def test_a_dfc_that_moves_its_parsing_exception_is_not_a_broken_install(fake, mo
 
     monkeypatch.setitem(sys.modules, "hailo_sdk_client.model_translator.exceptions", None)  # ImportError
     summary = hailo.parse(tflite_path, tmp_path / "m.har", "mnist", "hailo8")
-    assert (tmp_path / "m.har").is_file() and summary["sdk_names"] == {"dense1": "fc1", "dense2": "fc2",
-                                                                      "dense3": "fc3"}
+    assert (tmp_path / "m.har").is_file() and summary["layers"][0].startswith("fc1 784->")
 
 
 def test_broken_hailort_is_one_clear_error(fake, monkeypatch, tmp_path):
@@ -277,19 +458,21 @@ def test_broken_hailort_is_one_clear_error(fake, monkeypatch, tmp_path):
 
 def test_emulator_never_imports_the_sdk(tmp_path, tflite_path, subset):
     """Even with the stand-in importable, the emulator's functions leave the SDK modules unloaded."""
-    np.savez(tmp_path / "x.npz", x=data.to_float(subset["x_val"][:100]))
+    np.savez(tmp_path / "x.npz", x=subset["x_val"][:100])
     code = f"""
 import sys, numpy as np
 from hailopipe import backends
 from hailopipe.quantization.config import OptimizeConfig
 e = lambda step: backends.get("emulator", step)
-x = np.load({str(tmp_path / "x.npz")!r})["x"]
+pixels = np.load({str(tmp_path / "x.npz")!r})["x"]
+x, raw = (pixels / np.float32(255))[..., None].astype(np.float32), pixels.astype(np.float32)[..., None]
 d = {str(tmp_path)!r}
 e("parse").parse({str(tflite_path)!r}, d + "/m.har", "mnist", "hailo8")
-e("optimize").optimize(d + "/m.har", d + "/q.har", x, OptimizeConfig(calib_size=100), "hailo8")
+e("optimize").optimize(d + "/m.har", d + "/q.har", raw, OptimizeConfig(calib_size=100), "hailo8")
 e("compile").compile(d + "/q.har", d + "/m.hef", "hailo8")
-e("evaluate").infer_quantized(d + "/q.har", x); e("evaluate").infer_compiled(d + "/m.hef", x)
-e("noise").analyze_noise(d + "/m.har", d + "/q.har", x)
+e("evaluate").infer_native(d + "/m.har", x)
+e("evaluate").infer_quantized(d + "/q.har", raw); e("evaluate").infer_compiled(d + "/m.hef", raw)
+e("noise").analyze_noise(d + "/m.har", d + "/q.har", raw)
 bad = [m for m in sys.modules if m.startswith(("hailo_sdk_client", "hailo_platform", "fake_hailo"))]
 assert not bad, bad
 import importlib.util
@@ -302,41 +485,91 @@ assert importlib.util.find_spec("hailo_sdk_client")  # it was importable: an imp
 
 # --- parse ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("softmax", [False, True])
-def test_parse_translates_with_nodes_from_the_tflite_file(fake, fitted_net, tmp_path, softmax):
+@pytest.mark.parametrize("keras3", [False, True])
+def test_parse_passes_no_node_names(fake, fitted_net, tmp_path, keras3):
+    """As public Keras -> TFLite -> DFC flows do; a Keras 3 export's `:0` names are never passed."""
     from hailopipe.backends import hailo
 
     path = tmp_path / "model.tflite"
-    path.write_bytes(tflite_bytes(fitted_net, softmax=softmax))
+    path.write_bytes(tflite_bytes(fitted_net, keras3=keras3))
     summary = hailo.parse(path, tmp_path / "models" / "m.har", "mnist", "hailo8l")
-    assert [c["call"] for c in calls()] == ["ClientRunner", "translate_tf_model", "save_har", "get_hn_dict",
-                                            "get_params"]
+    assert [c["call"] for c in calls()] == ["ClientRunner", "translate_tf_model", "get_hn_dict", "get_params",
+                                            "save_har"]
     (t,) = calls("translate_tf_model")
-    assert t["start_node_names"] == [IN_NAME]
-    assert t["end_node_names"] == ["mnist/dense3/out"]  # the logits, also when a SOFTMAX follows
-    assert t["tensor_shapes"] == {IN_NAME: [1, 28, 28, 1]}
+    assert (t["start_node_names"], t["end_node_names"], t["tensor_shapes"]) == (None, None, None)
     assert calls("ClientRunner")[0]["hw_arch"] == "hailo8l"
     assert calls("save_har")[0]["path"] != str(tmp_path / "models" / "m.har")  # a temporary name, then renamed
     assert sorted(os.listdir(tmp_path / "models")) == ["m.har"]
-    assert summary["sdk_names"] == {"dense1": "fc1", "dense2": "fc2", "dense3": "fc3"}
+    assert summary["layers"] == ["fc1 784->64 relu", "fc2 64->32 relu", "fc3 32->10 linear"]
+    assert summary["end_node_names"] is None and summary["attempts"] == [{"end_node_names": None, "error": None}]
     assert summary["params"] == sum(layer.kernel.size + layer.bias.size for layer in fitted_net.layers)
     assert har.load(tmp_path / "models" / "m.har").state == "hailo_model"
 
 
-def test_parse_failure_is_one_clear_error(fake, fitted_net, tmp_path):
+def test_parse_ends_at_the_logits_before_a_softmax(fake, fitted_net, tmp_path):
     from hailopipe.backends import hailo
 
-    path = tmp_path / "tanh.tflite"
-    path.write_bytes(tflite_bytes(fitted_net, tanh=True))
-    with pytest.raises(PipelineError) as err:
+    path = tmp_path / "model.tflite"
+    path.write_bytes(tflite_bytes(fitted_net, softmax=True))
+    summary = hailo.parse(path, tmp_path / "m.har", "mnist", "hailo8")
+    assert [c["end_node_names"] for c in calls("translate_tf_model")] == [["mnist/dense3/out"]]
+    assert summary["end_node_names"] == ["mnist/dense3/out"] and len(summary["layers"]) == 3
+
+
+@pytest.mark.parametrize("attribute", [True, False])  # the recommendation as an attribute, or only in the message
+def test_parse_retries_with_the_recommended_end_nodes(fake, fitted_net, tmp_path, caplog, monkeypatch, attribute):
+    from hailopipe.backends import hailo
+
+    if not attribute:
+        exc_type = importlib.import_module("hailo_sdk_client.model_translator.exceptions").ParsingWithRecommendationException
+        monkeypatch.setattr(exc_type, "recommended_end_node_names", property(lambda self: None, lambda self, v: None),
+                            raising=False)
+    path = tmp_path / "model.tflite"
+    path.write_bytes(tflite_bytes(fitted_net, tanh_after=3))  # TANH after the logits: cut off by the parser
+    with caplog.at_level(logging.WARNING, logger="hailopipe"):
+        summary = hailo.parse(path, tmp_path / "m.har", "mnist", "hailo8")
+    assert [c["end_node_names"] for c in calls("translate_tf_model")] == [None, ["mnist/dense3/out"]]
+    assert len(calls("ClientRunner")) == 2  # a fresh runner for the retry, as public retry code does
+    assert summary["end_node_names"] == ["mnist/dense3/out"] and len(summary["layers"]) == 3
+    assert summary["attempts"][0]["error"].startswith("ParsingWithRecommendationException: Parsing failed")
+    assert any("retrying with its recommended end nodes ['mnist/dense3/out']" in r.getMessage() for r in caplog.records)
+    assert har.load(tmp_path / "m.har").state == "hailo_model"
+
+
+@pytest.mark.parametrize("tanh_after, keras3, match", [
+    (1, False, "parsed the model only up to end_node_names=\\['mnist/dense1/out'\\]: 1 of 3 dense layers, output "
+               "width 64 instead of the logits' 10"),
+    (0, False, "could not parse the model \\(no node names: ParsingWithRecommendationException: .*TANH"),
+    (0, True, "export the model with a fixed batch of 1 so that Flatten is one RESHAPE"),
+])
+def test_parse_refuses_what_the_retries_cannot_fix(fake, fitted_net, tmp_path, tanh_after, keras3, match):
+    from hailopipe.backends import hailo
+
+    path = tmp_path / "model.tflite"
+    path.write_bytes(tflite_bytes(fitted_net, tanh_after=tanh_after, keras3=keras3))
+    with pytest.raises(PipelineError, match=match) as err:
         hailo.parse(path, tmp_path / "m.har", "mnist", "hailo8")
-    msg = str(err.value)
-    assert msg.startswith(f"{path}: the Dataflow Compiler could not parse the model") and "TANH" in msg
-    assert "\n" not in msg and not (tmp_path / "m.har").exists()
+    assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+    assert not (tmp_path / "m.har").exists()
+
+
+def test_parse_retries_without_node_names_when_named_ones_fail(fake, fitted_net, tmp_path, monkeypatch):
+    from hailopipe.backends import hailo
+    from hailopipe.backends.hailo import parsing
+
+    path = tmp_path / "model.tflite"
+    path.write_bytes(tflite_bytes(fitted_net))
+    real = parsing.read_graph
+    monkeypatch.setattr(parsing, "read_graph", lambda p: real(p).__class__(**{**real(p).__dict__, "softmax": True,
+                                                                                "logits": "no/such/node:0"}))
+    summary = hailo.parse(path, tmp_path / "m.har", "mnist", "hailo8")
+    assert [c["end_node_names"] for c in calls("translate_tf_model")] == [["no/such/node"], None]
+    assert summary["attempts"][0]["error"].startswith("HailoSDKError: end node 'no/such/node'")
 
 
 @pytest.mark.parametrize("arch, dfc, ok", [("hailo8", "3.31.0", True), ("hailo8r", "5.2.0", False),
-                                           ("hailo10h", "5.2.0", True), ("hailo15h", "3.33.0", False)])
+                                           ("hailo10h", "5.2.0", True), ("hailo12l", "5.2.0", True),
+                                           ("hailo15h", "3.33.0", False)])
 def test_hw_arch_checked_against_the_sdk_major(fake, tflite_path, tmp_path, arch, dfc, ok):
     from hailopipe.backends import hailo
 
@@ -352,67 +585,167 @@ def test_hw_arch_checked_against_the_sdk_major(fake, tflite_path, tmp_path, arch
 
 # --- optimize ---------------------------------------------------------------------------------
 
-def test_optimize_loads_the_generated_script_and_raw_pixels(fake, parsed, val_images, tmp_path):
+def test_optimize_loads_the_generated_script_and_raw_pixels(fake, parsed, raw, tmp_path):
     from hailopipe.backends import hailo
 
-    cfg = OptimizeConfig(calib_size=200, precision={"dense3": "a16_w16"})
-    summary = hailo.optimize(parsed, tmp_path / "q.har", val_images[0][:200], cfg, "hailo8")
+    assert hailo.layer_names(parsed) == ["fc1", "fc2", "fc3"]
+    cfg = OptimizeConfig(calib_size=200, precision={"fc3": "a16_w16"})
+    summary = hailo.optimize(parsed, tmp_path / "q.har", raw[:200], cfg, "hailo8")
     assert [c["call"] for c in calls()][-6:] == ["ClientRunner", "get_hn_dict", "get_params", "load_model_script",
                                                  "optimize", "save_har"]
     script = calls("load_model_script")[-1]["text"]
     assert "normalization1 = normalization([0], [255])" in script
-    assert "quantization_param(mnist/fc3, precision_mode=a16_w16)" in script  # dense3 -> the SDK's fc3
+    assert "quantization_param(mnist/fc3, precision_mode=a16_w16)" in script
     assert "calibset_size=200" in script and "#" not in script
     data_seen = calls("optimize")[-1]["data"]
     assert data_seen == {"type": "ndarray", "dtype": "float32", "shape": [200, 28, 28, 1], "c_contiguous": True,
                          "min": 0.0, "max": 255.0}
     assert summary["calibration"] == {"images": 200, "min": 0.0, "max": 255.0}
-    assert har.load(tmp_path / "q.har").state == "quantized_model"
+    q = har.load(tmp_path / "q.har")
+    assert q.state == "quantized_model" and q.net.normalization is not None
 
 
-@pytest.mark.parametrize("gpu, level, reduced", [(False, 2, 0), (True, 2, None), (False, 0, None)])
-def test_optimize_returns_the_sdks_warnings(fake, parsed, val_images, tmp_path, gpu, level, reduced):
+def _enabled(script: str, algorithm: str) -> bool:
+    return f"post_quantization_optimization({algorithm}, policy=enabled" in script
+
+
+@pytest.mark.parametrize("dfc", ["3.27.0", "5.2.0"])
+@pytest.mark.parametrize("gpu, level, bias, finetune", [(False, 2, False, True), (True, 2, False, True),
+                                                        (False, 1, True, False), (False, 0, False, False)])
+def test_optimize_returns_what_the_dfc_applied(fake, tflite_path, raw, tmp_path, dfc, gpu, level, bias, finetune):
+    """The script names its level, so the DFC keeps it with or without a GPU (no 'Reducing ...'),
+    and never enables bias correction with finetune; `applied` is read from the DFC's log."""
     from hailopipe.backends import hailo
 
-    if gpu:
-        fake(FAKE_HAILO_GPU="1")
-    cfg = OptimizeConfig(calib_size=200, optimization_level=level)
-    summary = hailo.optimize(parsed, tmp_path / "q.har", val_images[0][:200], cfg, "hailo8")
-    assert summary["optimization_level_reduced_to"] == reduced
-    reducing = [w for w in summary["warnings"] if w.startswith("Reducing optimization level to 0")]
-    assert bool(reducing) == (reduced is not None)
-    if reducing:
-        assert "less data than the recommended amount (1024)" in reducing[0]
-    assert any("zero level of optimization" in w for w in summary["warnings"]) == (not gpu)
+    arch = "hailo8" if dfc.startswith("3") else "hailo10h"
+    fake(FAKE_HAILO_DFC_VERSION=dfc, **({"FAKE_HAILO_GPU": "1"} if gpu else {}))
+    hailo.parse(tflite_path, tmp_path / "m.har", "mnist", arch)
+    summary = hailo.optimize(tmp_path / "m.har", tmp_path / "q.har", raw[:200],
+                             OptimizeConfig(calib_size=200, optimization_level=level), arch)
+    script = calls("load_model_script")[-1]["text"]
+    assert f"model_optimization_flavor(optimization_level={level}" in script
+    assert (_enabled(script, "bias_correction"), _enabled(script, "finetune")) == (bias, finetune)
+    assert summary["applied"] == {"optimization_level": level, "requested_optimization_level": level,
+                                  "activation_clipping": "minmax", "bias_correction": bias, "finetune": finetune,
+                                  "adaround": False, "equalization": False, "gpu": gpu, "reduced": False,
+                                  "from": "dfc log"}
+    assert summary["optimization_level_reduced_to"] is None
+    assert not any(w.startswith("Reducing optimization level") for w in summary["warnings"])
+    assert any("finetune ran without a GPU" in w for w in summary["warnings"]) == (finetune and not gpu)
+    assert any("zero level of optimization" in w for w in summary["warnings"]) == (level == 0)
+
+
+def test_optimize_never_sends_bias_correction_with_finetune(fake, parsed, raw, tmp_path, monkeypatch):
+    """A model script renderer that enables both (as this project's did) is sent with bias correction
+    disabled, as every Model Zoo script that enables one does with the other."""
+    from hailopipe.backends import hailo
+    from hailopipe.quantization import model_script
+
+    real = model_script.render
+    monkeypatch.setattr(model_script, "render", lambda *a, **k: real(*a, **k).replace(
+        "bias_correction, policy=disabled", "bias_correction, policy=enabled"))
+    summary = hailo.optimize(parsed, tmp_path / "q.har", raw[:200], OptimizeConfig(calib_size=200, optimization_level=2),
+                             "hailo8")
+    script = calls("load_model_script")[-1]["text"]
+    assert _enabled(script, "finetune") and not _enabled(script, "bias_correction")
+    assert any("bias_correction disabled: finetune is enabled" in w for w in summary["warnings"])
+    assert not any("both enabled" in w for w in summary["warnings"])  # the stand-in's own warning never fires
+    assert (summary["applied"]["bias_correction"], summary["applied"]["finetune"]) == (False, True)
+
+
+def test_optimize_reports_a_level_the_dfc_reduced(fake, parsed, raw, tmp_path, monkeypatch):
+    """A script without an explicit level: the DFC reduces its default and says so."""
+    from hailopipe.backends import hailo
+    from hailopipe.quantization import model_script
+
+    real = model_script.render
+    monkeypatch.setattr(model_script, "render", lambda *a, **k: "\n".join(
+        line for line in real(*a, **k).splitlines()
+        if not line.startswith(("model_optimization_flavor", "post_quantization_optimization"))))
+    summary = hailo.optimize(parsed, tmp_path / "q.har", raw[:200], OptimizeConfig(calib_size=200), "hailo8")
+    assert summary["optimization_level_reduced_to"] == 0
+    assert {k: summary["applied"][k] for k in ("optimization_level", "requested_optimization_level", "reduced",
+                                               "bias_correction", "finetune", "gpu")} == {
+        "optimization_level": 0, "requested_optimization_level": 2, "reduced": True, "bias_correction": False,
+        "finetune": False, "gpu": False}
+    (reducing,) = [w for w in summary["warnings"] if w.startswith("Reducing optimization level to 0")]
+    assert "less data than the recommended amount (1024), and there's no available GPU" in reducing
+
+
+@pytest.mark.parametrize("env, gpu", [({"FAKE_HAILO_GPU": "1", "CUDA_VISIBLE_DEVICES": "-1"}, False),
+                                      ({"FAKE_HAILO_GPU": "1", "CUDA_VISIBLE_DEVICES": "0"}, True),
+                                      ({}, False)])
+def test_optimize_reports_whether_the_dfc_had_a_gpu(fake, tflite_path, raw, tmp_path, env, gpu):
+    from hailopipe.backends import hailo
+
+    fake(**env)
+    hailo.parse(tflite_path, tmp_path / "m.har", "mnist", "hailo8")
+    summary = hailo.optimize(tmp_path / "m.har", tmp_path / "q.har", raw[:200], OptimizeConfig(calib_size=200),
+                             "hailo8")
+    assert summary["applied"]["gpu"] is gpu and calls("optimize")[-1]["gpu"] is gpu
+
+
+def test_optimize_without_the_dfcs_log_reports_the_script(fake, parsed, raw, tmp_path, monkeypatch):
+    """A DFC whose messages do not go through Python logging: `applied` falls back to the script."""
+    from hailopipe.backends import hailo
+
+    monkeypatch.setattr(logging.getLogger("hailo_sdk.client"), "disabled", True)
+    summary = hailo.optimize(parsed, tmp_path / "q.har", raw[:200], OptimizeConfig(calib_size=200,
+                             optimization_level=1), "hailo8")
+    assert summary["applied"]["from"] == "model script"
+    assert (summary["applied"]["bias_correction"], summary["applied"]["finetune"]) == (True, False)
+
+
+def test_optimize_sends_the_configured_normalization(fake, parsed, raw, tmp_path, monkeypatch, val_images,
+                                                    fitted_net):
+    """optimize.normalization reaches the SDK as written; a script that says otherwise is not sent."""
+    from hailopipe.backends import hailo
+    from hailopipe.quantization import model_script
+
+    cfg = OptimizeConfig(calib_size=200, normalization=((127.5,), (127.5,)))
+    hailo.optimize(parsed, tmp_path / "q.har", raw[:200], cfg, "hailo8")
+    assert "normalization1 = normalization([127.5], [127.5])" in calls("load_model_script")[-1]["text"]
+    kernel = sdk().ClientRunner(har=str(tmp_path / "q.har")).get_params()["mnist/normalization1/kernel:0"]
+    np.testing.assert_allclose(kernel, [1 / 127.5], rtol=1e-6)
+    shifted = network.forward(fitted_net, (raw[:50] - 127.5) / 127.5)  # what the float model sees now
+    np.testing.assert_allclose(hailo.infer_fp_optimized(tmp_path / "q.har", raw[:50]), shifted, rtol=1e-5, atol=1e-4)
+    real = model_script.render
+    monkeypatch.setattr(model_script, "render", lambda *a, **k: real(*a, **k).replace("[127.5], [127.5]", "[0], [1]"))
+    with pytest.raises(PipelineError, match="needs one normalization\\(\\[127.5\\], \\[127.5\\]\\) line .* it has "
+                                            "normalization\\(\\[0\\], \\[1\\]\\)"):
+        hailo.optimize(parsed, tmp_path / "q2.har", raw[:200], cfg, "hailo8")
 
 
 @pytest.mark.parametrize("change, match", [
-    (dict(precision={"dense9": "a16_w16"}), "unknown layer"),
-    (dict(precision={"dense3": "a4_w4"}), "mode"),
-    (dict(input_range=(-1.0, 1.0)), "needs normalization\\(\\[0\\], \\[255\\]\\)"),
+    (dict(precision={"dense3": "a16_w16"}), "unknown layer"),
+    (dict(precision={"fc3": "a4_w4"}), "mode"),
 ])
-def test_optimize_refuses_what_the_sdk_path_cannot_do(fake, parsed, val_images, tmp_path, change, match):
+def test_optimize_refuses_what_the_sdk_path_cannot_do(fake, parsed, raw, tmp_path, change, match):
     from hailopipe.backends import hailo
 
     cfg = OptimizeConfig(calib_size=200, **change)
     with pytest.raises(PipelineError, match=match):
-        hailo.optimize(parsed, tmp_path / "q.har", val_images[0][:200], cfg, "hailo8")
+        hailo.optimize(parsed, tmp_path / "q.har", raw[:200], cfg, "hailo8")
     assert calls("optimize") == [] and not (tmp_path / "q.har").exists()
 
 
-@pytest.mark.parametrize("bad", [lambda x: x * 255, lambda x: x.astype(np.float64), lambda x: x[..., 0]])
-def test_optimize_checks_calibration_before_the_sdk(fake, parsed, val_images, tmp_path, cfg, bad):
+@pytest.mark.parametrize("bad, match", [(lambda x: x / 255, "look like pixels / 255"),
+                                        (lambda x: x.astype(np.float64), "expected NHWC float32"),
+                                        (lambda x: x[..., 0], "expected NHWC float32"),
+                                        (lambda x: x * 2, "raw pixels in \\[0, 255\\]")])
+def test_optimize_checks_calibration_before_the_sdk(fake, parsed, raw, tmp_path, cfg, bad, match):
     from hailopipe.backends import hailo
 
-    with pytest.raises(PipelineError, match="calibration data"):
-        hailo.optimize(parsed, tmp_path / "q.har", bad(val_images[0][:200]), cfg, "hailo8")
+    with pytest.raises(PipelineError, match=f"calibration data: .*{match}|{match}"):
+        hailo.optimize(parsed, tmp_path / "q.har", bad(raw[:200]), cfg, "hailo8")
+    assert calls("optimize") == []
 
 
-def test_optimize_and_compile_need_the_right_state(fake, parsed, quantized, val_images, tmp_path, cfg):
+def test_optimize_and_compile_need_the_right_state(fake, parsed, quantized, raw, tmp_path, cfg):
     from hailopipe.backends import hailo
 
     with pytest.raises(PipelineError, match="state QUANTIZED_MODEL, expected HAILO_MODEL"):
-        hailo.optimize(quantized, tmp_path / "q2.har", val_images[0][:200], cfg, "hailo8")
+        hailo.optimize(quantized, tmp_path / "q2.har", raw[:200], cfg, "hailo8")
     with pytest.raises(PipelineError, match="state HAILO_MODEL, expected QUANTIZED_MODEL"):
         hailo.compile(parsed, tmp_path / "m.hef", "hailo8")
     with pytest.raises(PipelineError, match="file not found"):
@@ -421,7 +754,7 @@ def test_optimize_and_compile_need_the_right_state(fake, parsed, quantized, val_
 
 # --- compile ----------------------------------------------------------------------------------
 
-def test_compile_writes_the_hef_and_the_compiled_har(fake, quantized, tmp_path, val_images, cfg):
+def test_compile_writes_the_hef_and_the_compiled_har(fake, quantized, tmp_path):
     from hailopipe.backends import hailo
 
     hef_path = tmp_path / "models" / "mnist.hef"
@@ -432,84 +765,134 @@ def test_compile_writes_the_hef_and_the_compiled_har(fake, quantized, tmp_path, 
     assert backends.compiled_har_path(hef_path) == tmp_path / "models" / "mnist_compiled.har"
     assert har.load(tmp_path / "models" / "mnist_compiled.har").state == "compiled_model"
     assert sorted(os.listdir(hef_path.parent)) == ["mnist.hef", "mnist_compiled.har"]
-    # the same figures as the emulator's report for the same network
-    qnet = har.load(quantized).qnet
-    expected = ehef.layer_report(qnet)
-    assert report["total"] == expected["total"]
-    assert {k: {f: v for f, v in layer.items() if f != "sdk_name"} for k, layer in report["layers"].items()} == \
-        {f"dense{i}": layer for i, layer in enumerate(expected["layers"].values(), 1)}
+    # keyed by the SDK's names, normalization included: the emulator's figures for the same network
+    expected = ehef.layer_report(har.load(quantized).qnet)
+    assert list(report["layers"]) == ["normalization1", "fc1", "fc2", "fc3"]
+    assert report["layers"] == expected["layers"] and report["total"] == expected["total"]
     assert report["hef"]["hw_arch"] == "HAILO8P" and report["hef"]["compatible"] == ["HAILO8"]
+
+
+def _split_activations(hn: dict) -> dict:
+    """The HN with each dense layer's activation split off into an `activation` layer after it, and a
+    layer of a type the backend does not know before the output layer, as the real SDK's HN may have."""
+    hn = json.loads(json.dumps(hn))
+    layers, out = {}, {}
+    for name, spec in hn["layers"].items():
+        act = spec.get("params", {}).get("activation")
+        if spec["type"] == "dense" and act != "linear":
+            spec["params"]["activation"] = "linear"
+            act_name = name.replace("/fc", "/activation")
+            out[name] = act_name
+            layers[name] = spec
+            layers[act_name] = {"type": "activation", "input": [name], "output": spec["output"],
+                                "input_shapes": spec["output_shapes"], "output_shapes": spec["output_shapes"],
+                                "params": {"activation": act}}
+            spec["output"] = [act_name]
+        else:
+            layers[name] = spec
+    for spec in layers.values():
+        spec["input"] = [out.get(i, i) if spec["type"] != "activation" else i for i in spec["input"]]
+    hn["layers"] = layers
+    return hn
+
+
+def test_compile_report_handles_split_activations(fake, quantized, tmp_path, monkeypatch):
+    from hailopipe.backends import hailo
+
+    runner_type = sdk().ClientRunner
+    real = runner_type.get_hn_dict
+    monkeypatch.setattr(runner_type, "get_hn_dict", lambda self: _split_activations(real(self)))
+    report = hailo.compile(quantized, tmp_path / "m.hef", "hailo8")
+    expected = ehef.layer_report(har.load(quantized).qnet)
+    assert list(report["layers"]) == ["normalization1", "fc1", "fc2", "fc3"]
+    assert report["layers"]["fc1"]["activation"] == "relu" and report["layers"]["fc1"]["activation_layer"] == \
+        "activation1"
+    assert {k: {f: v for f, v in e.items() if f != "activation_layer"} for k, e in report["layers"].items()} == \
+        expected["layers"]
+    assert report["total"] == expected["total"]
+    assert hailo.layer_names(quantized) == ["fc1", "fc2", "fc3"]  # the float network reads it too
 
 
 # --- evaluate ---------------------------------------------------------------------------------
 
-def test_infer_quantized_uses_the_sdk_emulator(fake, quantized, val_images, fitted_net):
+def test_infer_quantized_uses_the_sdk_emulator(fake, quantized, raw, val_images, fitted_net):
     from hailopipe.backends import hailo
 
     x, y = val_images
-    logits = hailo.infer_quantized(quantized, x)
+    logits = hailo.infer_quantized(quantized, raw)
     assert [c["call"] for c in calls()][-5:] == ["ClientRunner", "get_hn_dict", "model_script", "infer_context", "infer"]
     assert logits.shape == (len(x), 10) and logits.dtype == np.float32
     assert calls("infer_context")[-1]["context"] == "SDK_QUANTIZED"
     seen = calls("infer")[-1]["data"]
     assert (seen["dtype"], seen["shape"], seen["min"], seen["max"]) == ("float32", [len(x), 28, 28, 1], 0.0, 255.0)
-    agree = (logits.argmax(1) == network.forward(fitted_net, x).argmax(1)).mean()
-    assert agree > 0.97, agree
     float_logits = network.forward(fitted_net, x)
+    agree = (logits.argmax(1) == float_logits.argmax(1)).mean()
+    assert agree > 0.97, agree
     np.testing.assert_allclose(hailo.infer_native(quantized.with_name("m.har"), x), float_logits, atol=1e-5)
-    np.testing.assert_allclose(hailo.infer_fp_optimized(quantized, x), float_logits, atol=1e-4)
+    np.testing.assert_allclose(hailo.infer_fp_optimized(quantized, raw), float_logits, atol=1e-4)
     assert calls("infer")[-1]["data"]["max"] == 255.0 and calls("infer")[-2]["data"]["max"] <= 1.0
+    with pytest.raises(PipelineError, match="raw pixels in \\[0, 255\\]"):
+        hailo.infer_quantized(quantized, raw * 2)
 
 
-def test_infer_compiled_without_a_device(fake, quantized, tmp_path, val_images):
+def test_infer_compiled_without_a_device(fake, hef_path, raw):
     from hailopipe.backends import hailo
 
-    hailo.compile(quantized, tmp_path / "m.hef", "hailo8")
     with pytest.raises(PipelineError) as err:
-        hailo.infer_compiled(tmp_path / "m.hef", val_images[0])
+        hailo.infer_compiled(hef_path, raw)
     assert "no Hailo device was found" in str(err.value) and "\n" not in str(err.value)
     assert calls("VDevice") == []
 
 
-def test_infer_compiled_on_a_device(fake, quantized, tmp_path, val_images):
+@pytest.mark.parametrize("dfc, hailort, arch, flow", [
+    ("3.27.0", "4.22.0", "hailo8", ["HEF", "VDevice", "ConfigureParams.create_from_hef", "VDevice.configure",
+                                    "InputVStreamParams.make", "OutputVStreamParams.make", "InferVStreams.infer"]),
+    ("5.2.0", "5.2.0", "hailo10h", ["VDevice", "VDevice.create_infer_model", "HEF", "InferModel.configure"]
+     + ["ConfiguredInferModel.run"] * 125),  # 500 frames, 4 per run (the async queue)
+])
+def test_infer_compiled_on_a_device(fake, tflite_path, raw, tmp_path, dfc, hailort, arch, flow):
+    """HailoRT 4.x: InferVStreams, no activate() (VDevice()'s scheduler is on); 5.x: InferModel."""
     from hailopipe.backends import hailo
 
-    hailo.compile(quantized, tmp_path / "m.hef", "hailo8")
-    fake(FAKE_HAILO_DEVICES="0000:01:00.0")
-    x = val_images[0]
-    logits = hailo.infer_compiled(tmp_path / "m.hef", x)
-    order = [c["call"] for c in calls()]
-    assert order == ["Device.scan", "HEF", "VDevice", "ConfigureParams.create_from_hef", "VDevice.configure",
-                     "InputVStreamParams.make", "OutputVStreamParams.make", "ConfiguredNetwork.activate",
-                     "InferVStreams.infer"]
-    assert calls("ConfigureParams.create_from_hef")[0]["interface"] == "PCIe"
-    assert {c["format_type"] for c in calls() if c["call"].endswith("VStreamParams.make")} == {"FLOAT32"}
-    infer = calls("InferVStreams.infer")[0]
-    assert infer["active"] is True
-    assert infer["data"]["keys"] == ["mnist/input_layer1"]
-    (seen,) = infer["data"]["values"]
-    assert (seen["dtype"], seen["shape"], seen["max"], seen["c_contiguous"]) == ("float32", [len(x), 28, 28, 1],
-                                                                                 255.0, True)
-    np.testing.assert_array_equal(logits, hailo.infer_quantized(quantized, x))
+    fake(FAKE_HAILO_DFC_VERSION=dfc, FAKE_HAILORT_VERSION=hailort, FAKE_HAILO_DEVICES="0000:01:00.0")
+    hailo.parse(tflite_path, tmp_path / "m.har", "mnist", arch)
+    hailo.optimize(tmp_path / "m.har", tmp_path / "q.har", raw[:200], OptimizeConfig(calib_size=200), arch)
+    hailo.compile(tmp_path / "q.har", tmp_path / "m.hef", arch)
+    start = len(calls())
+    logits = hailo.infer_compiled(tmp_path / "m.hef", raw)
+    assert [c["call"] for c in calls()[start:]] == ["Device.scan", *flow]
+    assert calls("ConfiguredNetwork.activate") == []
+    if flow[-1] == "InferVStreams.infer":
+        assert calls("ConfigureParams.create_from_hef")[0]["interface"] == "PCIe"
+        assert {c["format_type"] for c in calls() if c["call"].endswith("VStreamParams.make")} == {"FLOAT32"}
+        infer = calls("InferVStreams.infer")[0]
+        assert (infer["active"], infer["scheduled"]) == (False, True)
+        assert infer["data"]["keys"] == ["mnist/input_layer1"]
+        (seen,) = infer["data"]["values"]
+        assert (seen["dtype"], seen["shape"], seen["max"], seen["c_contiguous"]) == ("float32", [len(raw), 28, 28, 1],
+                                                                                     255.0, True)
+    else:
+        assert calls("InferModel.configure")[0]["formats"] == ["FLOAT32", "FLOAT32"]
+    assert calls("HEF")[-1]["source"] == str(tmp_path / "m.hef")
+    np.testing.assert_array_equal(logits, hailo.infer_quantized(tmp_path / "q.har", raw))
 
 
 @pytest.mark.parametrize("arch, hailort", [("hailo8", "5.2.0")])
-def test_infer_compiled_checks_the_hailort_major(fake, quantized, tmp_path, val_images, arch, hailort):
+def test_infer_compiled_checks_the_hailort_major(fake, hef_path, raw, arch, hailort):
     from hailopipe.backends import hailo
 
-    hailo.compile(quantized, tmp_path / "m.hef", arch)
     fake(FAKE_HAILORT_VERSION=hailort, FAKE_HAILO_DEVICES="0")
     with pytest.raises(PipelineError, match=f"a HEF for HAILO8P .Hailo-8 family. needs the HailoRT "
                                             f".hailo_platform. 4.x, but {hailort} is installed"):
-        hailo.infer_compiled(tmp_path / "m.hef", val_images[0])
+        hailo.infer_compiled(hef_path, raw)
 
 
-def test_infer_compiled_refuses_the_emulators_file(fake, quantized, tmp_path, val_images):
+def test_infer_compiled_refuses_the_emulators_file(fake, quantized, tmp_path, raw):
     from hailopipe.backends import hailo
 
     emulator_compile.compile(quantized, tmp_path / "e.hef", "hailo8")  # the fake's HAR is this project's format
     with pytest.raises(PipelineError, match="not a Hailo HEF"):
-        hailo.infer_compiled(tmp_path / "e.hef", val_images[0])
+        hailo.infer_compiled(tmp_path / "e.hef", raw)
 
 
 # --- the stages, as DVC runs them, with the stand-in on PYTHONPATH ----------------------------
@@ -527,12 +910,12 @@ def stage_repo(tmp_path_factory, fitted_net, subset):
     (dest / "data").mkdir()
     np.savez(dest / "data" / "mnist.npz", **subset)
     (dest / "models" / "float").mkdir(parents=True)
-    (dest / "models" / "float" / "model.tflite").write_bytes(tflite_bytes(fitted_net))
+    (dest / "models" / "float" / "model.tflite").write_bytes(tflite_bytes(fitted_net, keras3=True))
     return dest
 
 
 def run_stage(repo, stage, *args, fake_path=True, **env):
-    full = {k: v for k, v in os.environ.items() if not k.startswith("FAKE_HAILO")}
+    full = {k: v for k, v in os.environ.items() if not k.startswith("FAKE_HAILO") and k != "CUDA_VISIBLE_DEVICES"}
     full.update(PYTHONPATH=str(FAKE) if fake_path else "", FAKE_HAILO_LOG=str(repo / "calls.jsonl"), **env)
     return subprocess.run([sys.executable, "-m", f"stages.{stage}", *args], cwd=repo, env=full,
                           capture_output=True, text=True)
@@ -559,7 +942,7 @@ def test_stages_run_through_the_stand_in(stage_repo):
     assert m["images"] == 500 and m["compiled"]["disagree_with_quantized"] == 0
     assert abs(m["compiled"]["accuracy"] - m["float"]["accuracy"]) < 0.02
     report = json.loads((stage_repo / "metrics" / "compile.json").read_text())
-    assert report["hef"]["hw_arch"] == "HAILO8P" and report["total"]["layers"] == 3
+    assert report["hef"]["hw_arch"] == "HAILO8P" and sorted(report["layers"]) == ["fc1", "fc2", "fc3", "normalization1"]
 
 
 def test_stage_without_the_sdk_fails_in_one_line(stage_repo):

@@ -92,6 +92,9 @@ def test_full_run_builds_everything(repo):
     assert n["images"] == 200 and set(n["layers"]) == {"fc1", "fc2", "fc3"}
     assert 20 < n["output_snr_db"] < 80
     assert (repo / "metrics/noise_snr.csv").read_text().startswith("layer,precision,snr_db,isolated_snr_db\n")
+    applied = json.loads((repo / "metrics/optimize.json").read_text())["applied"]  # what the optimizer ran
+    level = yaml.safe_load((repo / "params.yaml").read_text())["optimize"]["optimization_level"]
+    assert applied["optimization_level"] == level and not (applied["bias_correction"] and applied["finetune"])
     assert "error" not in p.stderr.lower()
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "run")

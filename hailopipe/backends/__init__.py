@@ -1,17 +1,19 @@
 """The seam between the stages and a toolchain: `get(backend, step)` returns the module that runs a step.
 
-The stages call these functions, with the same meaning on both backends:
+The stages call these functions, with the same meaning on both backends.  Images are NHWC float32:
+`raw` is raw pixels 0-255 (what the SDK takes once the model script's normalization is loaded, and
+what HailoRT's FLOAT32 input stream takes), `x` is the parsed model's own domain, pixels / 255:
 
     parse      parse(tflite_path, har_path, net_name, hw_arch) -> summary dict
     optimize   layer_names(har_path) -> the names params.yaml's optimize.precision may use;
-               PRECISION_MODES; optimize(har_path, out_har_path, calib_nhwc_float32, OptimizeConfig,
-               hw_arch) -> summary dict
+               PRECISION_MODES; optimize(har_path, out_har_path, calib_raw, OptimizeConfig,
+               hw_arch) -> summary dict, with `applied`: the level and algorithms that ran
     compile    compile(har_path, hef_path, hw_arch) -> compile report dict; also saves the compiled
                HAR at `compiled_har_path(hef_path)` (models/mnist.hef -> models/mnist_compiled.har)
-    noise      analyze_noise(har_path, qhar_path, x_nhwc_float32) -> per-layer SNR (quantization.noise)
-    evaluate   infer_native(har_path, x) -> float32 logits      (the parsed model, SDK_NATIVE)
-               infer_quantized(har_path, x) -> float32 logits   (the SDK's SDK_QUANTIZED emulation)
-               infer_compiled(hef_path, x) -> float32 logits    (the runtime on the compiled file)
+    noise      analyze_noise(har_path, qhar_path, raw) -> per-layer SNR (quantization.noise)
+    evaluate   infer_native(har_path, x) -> float32 logits        (the parsed model, SDK_NATIVE)
+               infer_quantized(har_path, raw) -> float32 logits   (the SDK's SDK_QUANTIZED emulation)
+               infer_compiled(hef_path, raw) -> float32 logits    (the runtime on the compiled file)
 
 `emulator` (default) is this project's open implementation, one module per step
 (`hailopipe.backends.emulator.<step>`), so that each stage imports, and its DVC deps cover, only

@@ -104,6 +104,18 @@ def _original_names(graph, out: int, consts, before=()) -> list[str]:
     return names
 
 
+def op_names(path: str | os.PathLike) -> tuple[list[str], list[int]]:
+    """(the builtin op names in graph order, the shape of the `io_names` end tensor)."""
+    def ops(model, graph, s):
+        names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
+        end = io_names(path)[2]
+        shape = next([int(d) for d in graph.Tensors(i).ShapeAsNumpy()] for i in range(graph.TensorsLength())
+                     if _name(graph.Tensors(i)) == end)
+        return [names.get(_code(model, graph.Operators(i)), "?") for i in range(graph.OperatorsLength())], shape
+
+    return _decode(path, ops)
+
+
 def _parse(model, graph, s, path, net_name: str) -> Network:
     ops = s.BuiltinOperator
     in_index = int(graph.Inputs(0))

@@ -105,8 +105,9 @@ def correct_bias(q: QDense, d: network.Dense, d_ref: network.Dense, mean_q_in, m
 def applied(cfg: OptimizeConfig) -> dict:
     """The level and algorithms this optimizer applies for `cfg` (the emulator never reduces the level)."""
     level = cfg.optimization_level
-    return {"optimization_level": level, "equalization": False, "activation_clipping": cfg.clipping_mode,
-            "bias_correction": level == 1, "finetune": level >= 2}
+    return {"optimization_level": level, "requested_optimization_level": level,
+            "activation_clipping": cfg.clipping_mode, "bias_correction": level == 1, "finetune": level >= 2,
+            "adaround": False, "equalization": False, "reduced": False, "from": "emulator"}
 
 
 def with_normalization(net: network.Network, cfg: OptimizeConfig) -> network.Network:

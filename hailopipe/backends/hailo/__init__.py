@@ -1,5 +1,7 @@
-"""The hailo backend: every step through Hailo's Dataflow Compiler and HailoRT (`adapter`), with the
-plumbing to the closed-source packages in `sdk`; see `hailopipe.backends`."""
+"""The hailo backend: every step through Hailo's Dataflow Compiler and HailoRT (`adapter`), one module
+per job beside it: `parsing` (translate_tf_model's node names and retries), `optimizing` (the model
+script and what the DFC applied), `hn_view` (the SDK's HN: layers, float network, compile report),
+`device` (HailoRT), and the plumbing to the closed-source packages in `sdk`; see `hailopipe.backends`."""
 
 from hailopipe.backends.hailo.adapter import (
                                               PRECISION_MODES,

@@ -1,9 +1,10 @@
 """Plumbing between the hailo backend and Hailo's closed-source packages: whether and which ones are
 installed (`check_available`, `check_versions`: Hailo-8 needs DFC 3.x + HailoRT 4.x,
-Hailo-10/15 need 5.x), importing them (`load_sdk()`, `load_hailort()`), and turning what they do
-into this project's conventions: any exception into one PipelineError line (`sdk_call`), a HAR saved
-atomically (`save_har`), the SDK's logged warnings collected for the stage's report
-(`sdk_warnings`).  `hailopipe.backends.hailo.adapter` uses these; nothing here runs a stage.
+Hailo-10/12/15 need 5.x), importing them (`load_sdk()`, `load_hailort()`), whether the DFC has a GPU
+(`gpu_available`), and turning what they do into this project's conventions: any exception into
+one PipelineError line (`sdk_call`), a HAR saved atomically (`save_har`), the SDK's log records
+collected for the stage's report (`sdk_records`).  The other modules of `hailopipe.backends.hailo`
+use these; nothing here runs a stage.
 """
 
 from __future__ import annotations
@@ -28,13 +29,15 @@ INSTALL_HINT = (
     "HailoRT (module hailo_platform, wheel hailort-<version>-cp3XX-cp3XX-linux_<arch>.whl); both "
     "come from Hailo's Developer Zone https://hailo.ai/developer-zone/ (registration required), for "
     "Linux x86_64 (HailoRT also aarch64) and Python 3.10-3.11 (DFC 3.31-3.33; DFC 5.x 3.10-3.12): DFC 3.x with "
-    "HailoRT 4.x for hailo8/hailo8r/hailo8l, DFC 5.x with HailoRT 5.x for hailo10h/hailo15h/m/l. "
+    "HailoRT 4.x for hailo8/hailo8r/hailo8l, DFC 5.x with HailoRT 5.x for hailo10h/hailo10p/hailo12l/hailo15h/m/l. "
     "`pip install` both wheels into this venv (see docs/hailo-backend.md), or set backend: emulator "
     "in params.yaml"
 )
-# hw_arch -> (family, DFC major, HailoRT major): reference "Version split".
+# hw_arch -> (family, DFC major, HailoRT major): reference "Version split"; the 5.x list is Model Zoo
+# 5.2's (`hw_utils`, `base_parsers`).
 FAMILIES = {**{a: ("Hailo-8", 3, 4) for a in ("hailo8", "hailo8r", "hailo8l")},
-            **{a: ("Hailo-10/15", 5, 5) for a in ("hailo10h", "hailo15h", "hailo15m", "hailo15l")}}
+            **{a: ("Hailo-10/12/15", 5, 5) for a in ("hailo10h", "hailo10p", "hailo12l", "hailo15h", "hailo15m",
+                                                     "hailo15l")}}
 
 
 # --- availability, versions ------------------------------------------------------------------
@@ -100,8 +103,29 @@ def check_versions(hw_arch: str, dfc: str | None = None, hailort: str | None = N
         if version not in (None, "unknown") and version.split(".")[0] != str(major):
             raise PipelineError(
                 f"{where} ({family} family) needs the {what} {major}.x, but "
-                f"{version} is installed; Hailo-8/8R/8L use DFC 3.x + HailoRT 4.x, Hailo-10H/15 use "
+                f"{version} is installed; Hailo-8/8R/8L use DFC 3.x + HailoRT 4.x, Hailo-10/12/15 use "
                 "DFC 5.x + HailoRT 5.x (set hw_arch to match, or install the matching wheels)")
+
+
+def major(version: str) -> int | None:
+    head = str(version).split(".")[0]
+    return int(head) if head.isdigit() else None
+
+
+def gpu_available() -> bool | None:
+    """Whether the DFC's optimizer has a GPU: False when CUDA_VISIBLE_DEVICES hides every GPU (the
+    DFC's `hailo_model_optimization` sets "99" at import when it finds no usable one, and the GPU
+    it picks otherwise; "-1" or "" is a user's choice of CPU), else TensorFlow's answer once the DFC
+    has imported it (the check luxonis/modelconverter makes), else True when CUDA_VISIBLE_DEVICES
+    names a GPU, else None: unknown."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1", "99"):
+        return False
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:
+        with contextlib.suppress(Exception):
+            return bool(tf.config.list_physical_devices("GPU"))
+    return None if visible is None else True
 
 
 @contextlib.contextmanager
@@ -151,11 +175,11 @@ def save_har(runner, path) -> None:
             os.unlink(tmp)
 
 
-# --- the SDK's warnings ---------------------------------------------------------------------
+# --- the SDK's log -------------------------------------------------------------------------
 
 class _Collect(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
+    def __init__(self, level: int):
+        super().__init__(level)
         self.records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -164,10 +188,11 @@ class _Collect(logging.Handler):
 
 
 @contextlib.contextmanager
-def sdk_warnings():
-    """Collect WARNING+ records logged while the SDK runs: on the root logger and on every
-    existing non-propagating logger (the SDK's own console loggers)."""
-    handler = _Collect()
+def sdk_records(level: int = logging.INFO):
+    """Collect the records (`level` and above) logged while the SDK runs: on the root logger and on
+    every existing non-propagating logger (the DFC's own console logger `hailo_sdk.client` is one:
+    issue hailo_model_zoo#60 shows its `[hailo_sdk.client][INFO]` lines)."""
+    handler = _Collect(level)
     loggers = [logging.getLogger()] + [layer for layer in logging.Logger.manager.loggerDict.values()
                                        if isinstance(layer, logging.Logger) and not layer.propagate]
     for lg in loggers:
