@@ -158,6 +158,9 @@ def fake(monkeypatch):
                 "FAKE_HAILO_LOG", "CUDA_VISIBLE_DEVICES"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.syspath_prepend(str(FAKE))
+    # The adapter asks TensorFlow for a GPU once the DFC has imported it; the stand-in DFC does not, so a
+    # TensorFlow that an earlier test imported would answer for the fake's machine: hide it (restored after).
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
 
     def configure(**env):
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
