@@ -32,8 +32,9 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from hailopipe import __version__, images
+from hailopipe import __version__, images, network
 from hailopipe.errors import PipelineError, run_main
+from hailopipe.quantization import arithmetic
 
 
 class _Parser(argparse.ArgumentParser):
@@ -88,6 +89,10 @@ def describe_hef(args) -> None:
 
 
 def _quantization(layer) -> dict:
+    if not hasattr(layer, "w_scale"):  # pooling: no weights, its input's bits
+        return {"precision_mode": f"a{layer.bits}", "output_scale": layer.out_scale,
+                "output_zero_point": layer.out_zp, "calibrated_range": list(arithmetic.real_range(
+                    layer.out_scale, layer.out_zp, layer.bits))}
     return {"precision_mode": f"a{layer.out_bits}_w{layer.w_bits}",
             "weight_scale": [float(layer.w_scale.min()), float(layer.w_scale.max())],
             "per_channel": bool(np.unique(layer.w_scale).size > 1), "output_scale": layer.out_scale,
@@ -121,10 +126,17 @@ def _har_summary(h) -> dict:
         if q is not None and q.normalization is not None:
             entry["quantization"] = _quantization(q.normalization)
         layers.append(entry)
-    for i, d in enumerate(net.layers):
-        entry = {"name": d.name, "type": "dense", "activation": d.activation,
-                 "input_shape": [int(d.kernel.shape[0])], "output_shape": [int(d.kernel.shape[1])],
-                 "params": int(d.kernel.size + d.bias.size)}
+    for i, (d, (shape_in, shape_out)) in enumerate(zip(net.layers, net.shapes)):
+        if isinstance(d, network.Dense):
+            entry = {"name": d.name, "type": "dense", "activation": d.activation,
+                     "input_shape": [int(d.kernel.shape[0])], "output_shape": [int(d.kernel.shape[1])],
+                     "params": int(d.kernel.size + d.bias.size)}
+        else:
+            entry = {"name": d.name, "type": f"{d.kind}pool" if isinstance(d, network.Pool) else (
+                         "dw" if d.depthwise else "conv"),
+                     "activation": getattr(d, "activation", "linear"), "input_shape": list(shape_in),
+                     "output_shape": list(shape_out),
+                     "params": 0 if isinstance(d, network.Pool) else int(d.kernel.size + d.bias.size)}
         if q is not None:
             entry["quantization"] = _quantization(q.layers[i])
         layers.append(entry)
@@ -149,9 +161,11 @@ def describe_har(args) -> None:
     emulated = ", emulated" if s["emulated"] else ""
     made = f"{s['emulator']}, SDK {s['sdk_version']} layout" if s["emulator"] else f"SDK {s['sdk_version']}"
     print(f"HAR: {args.file} ({made}{emulated})\nState: {s['state']}\nTarget: {s['hw_arch']}")
-    dense = sum(layer["type"] == "dense" for layer in s["layers"])
-    norm = " and a normalization layer" if any(layer["type"] == "normalization" for layer in s["layers"]) else ""
-    print(f"Network: {s['network']}, {dense} Dense layers{norm}, {s['total_params']:,} parameters")
+    kinds = [layer["type"] for layer in s["layers"][1:]]
+    counts = ", ".join(f"{kinds.count(k)} {name}" for k, name in (
+        ("conv", "conv"), ("dw", "depthwise"), ("maxpool", "max pool"), ("avgpool", "average pool"),
+        ("dense", "Dense"), ("normalization", "normalization")) if k in kinds)
+    print(f"Network: {s['network']}, layers: {counts}; {s['total_params']:,} parameters")
     print(f"    {'layer':<16}{'input':>8}{'output':>10}  {'activation':<11}{'params':>10}")
     for layer in s["layers"]:
         shape_in = "x".join(map(str, layer.get("input_shape", []))) or "-"
@@ -166,6 +180,8 @@ def describe_har(args) -> None:
         lo, hi = qi["calibrated_range"]
         if layer["type"] == "input":
             head = f"{qi['bits']}-bit input"
+        elif "weight_scale" not in qi:
+            head = f"{qi['precision_mode']}, the input's qparams"
         else:
             ws = qi["weight_scale"]
             head = (f"{qi['precision_mode']}, weight scale {ws[0]:.4g}..{ws[1]:.4g} "

@@ -1,4 +1,4 @@
-"""Stage train: train the Keras Dense classifier and export model.h5 and model.tflite.
+"""Stage train: train the Keras classifier (`train.arch`: dense or cnn) and export model.h5 and model.tflite.
 
     python -m stages.train           # reads params.yaml `train`, data/mnist.npz; writes models/float/
 """
@@ -14,9 +14,14 @@ DATA, OUT_DIR, LIVE_DIR = "data/mnist.npz", "models/float", "metrics/train"
 
 
 def config(p: params.Params):
-    """The TrainConfig params.yaml asks for, every value checked."""
+    """The TrainConfig params.yaml asks for, every value checked (the cnn's keys whatever the arch)."""
     from hailopipe import model
 
+    conv, kernel = tuple(p.int_list("train.conv", lo=1, hi=1024)), p.int("train.kernel", 1, 28)
+    try:
+        model.cnn_blocks(conv, kernel)
+    except ValueError as exc:
+        raise p.fail("train.conv", f"does not fit the image with train.kernel {kernel} ({exc})", list(conv)) from None
     return model.TrainConfig(
         hidden=tuple(p.int_list("train.hidden", lo=1, hi=8192)),
         activation=p.choice("train.activation", ("relu",)),
@@ -24,7 +29,18 @@ def config(p: params.Params):
         epochs=p.int("train.epochs", 1, 1000),
         batch_size=p.int("train.batch_size", 1, 60000),
         learning_rate=p.float("train.learning_rate", 1e-7, 10.0),
-        seed=p.int("train.seed", 0, 2**31 - 1))
+        seed=p.int("train.seed", 0, 2**31 - 1),
+        arch=p.choice("train.arch", model.ARCHS),
+        conv=conv,
+        kernel=kernel,
+        head=tuple(p.int_list("train.head", lo=1, hi=8192, min_len=0)))
+
+
+def describe(cfg) -> str:
+    """The architecture in one line: 784-256-128-10, or conv 8-16-16 3x3 -> 10."""
+    if cfg.arch == "cnn":
+        return f"conv {'-'.join(map(str, cfg.conv))} {cfg.kernel}x{cfg.kernel} -> {'-'.join(map(str, (*cfg.head, 10)))}"
+    return "-".join(map(str, (784, *cfg.hidden, 10)))
 
 
 def main() -> None:
@@ -34,7 +50,7 @@ def main() -> None:
     model.pin_cpu()  # before TensorFlow is imported: the same trained bytes on any x86-64 CPU
     cfg = config(p)
     arrays = data.load_split(DATA)
-    log.info("train: %s on %d images, %d epochs, batch %d", "-".join(map(str, (784, *cfg.hidden, 10))),
+    log.info("train: %s on %d images, %d epochs, batch %d", describe(cfg),
              len(arrays["y_train"]), cfg.epochs, cfg.batch_size)
     net, final = model.train(cfg, data.to_float(arrays["x_train"]), arrays["y_train"],
                              data.to_float(arrays["x_val"]), arrays["y_val"], live_dir=LIVE_DIR)

@@ -115,7 +115,7 @@ def test_parse_har(files, fitted_net, fitted_qnet):
     text = cli("parse-har", files / "q.har").stdout
     assert "State: quantized_model" in text and "Target: hailo8l" in text and f"{params:,} parameters" in text
     assert "Calibration: 200 images" in text and "normalization1 = normalization([0], [255])" in text
-    assert "3 Dense layers and a normalization layer" in text
+    assert "layers: 3 Dense, 1 normalization; " in text
     js = json.loads(cli("parse-har", files / "q.har", "--json").stdout)
     assert js["total_params"] == params and [entry["name"] for entry in js["layers"]] == [
         "input_layer1", "normalization1", "fc1", "fc2", "fc3"]

@@ -91,7 +91,8 @@ def test_hn_refuses_cycles(small_net):
 
 
 @pytest.mark.parametrize("edit,words", [
-    (lambda graph, p: graph["layers"]["net/fc2"].update(type="conv"), "unsupported type"),
+    (lambda graph, p: graph["layers"]["net/fc2"].update(type="deconv"), "unsupported type"),
+    (lambda graph, p: graph["layers"]["net/fc2"].update(type="conv"), "kernel_shape must be [kh, kw, cin, cout]"),
     (lambda graph, p: graph["layers"]["net/fc2"]["params"].update(activation="swish"), "activation"),
     (lambda graph, p: p.update({"net/fc2/kernel:0": np.zeros((31, 16), np.float32)}), "kernel shape"),
     (lambda graph, p: p.__setitem__("net/fc1/bias:0", np.full(32, np.nan, np.float32)), "NaN"),

@@ -96,7 +96,7 @@ def test_bias_correction_leaves_no_mean_pre_activation_error(fitted_net, calib):
     q_ins = [quantize_input(q, calib)] + q_outs[:-1]
     f_ins = [normalized(fitted_net).normalization.apply(calib).reshape(len(calib), -1)] + f_outs[:-1]
     for layer, d, q_in, f_in in zip(q.layers, fitted_net.layers, q_ins, f_ins):
-        err = optimizer.bias_error(layer, q_in.mean(0, dtype=np.float64), d, f_in.mean(0, dtype=np.float64))
+        err = optimizer.bias_error(layer, q_in, d, f_in)
         unit = layer.in_scale * layer.w_scale.astype(np.float64)  # one step of the integer bias
         assert (np.abs(err) <= 0.5 * unit + 1e-9).all()
 

@@ -46,9 +46,10 @@ import os
 import numpy as np
 
 from hailopipe.engine import native
+from hailopipe.engine.conv import PreparedConv, PreparedPool, run_conv, run_pool
 from hailopipe.errors import PipelineError
 from hailopipe.quantization import arithmetic
-from hailopipe.quantization.qnetwork import QDense, QNetwork
+from hailopipe.quantization.qnetwork import QConv, QDense, QNetwork, QPool
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,7 @@ def _usable_cpus() -> int:
 
 
 def _clamp_range(layer: QDense) -> tuple[int, int]:
-    qmin, qmax = arithmetic.qrange(layer.out_bits)
-    return (max(qmin, layer.out_zp) if layer.activation == "relu" else qmin), qmax
+    return arithmetic.activation_bounds(layer.activation, layer.out_scale, layer.out_zp, layer.out_bits)
 
 
 def _abs_colsum(layer: QDense) -> np.ndarray:
@@ -105,11 +105,15 @@ class Engine:
             raise PipelineError(f"engine kernel {kernel!r} is not one of {', '.join(KERNELS)}")
         self.qnet = qnet
         self._table = normalization_table(qnet.normalization) if qnet.normalization is not None else None
-        self.in_features = int(qnet.layers[0].kernel.shape[0])
-        self.out_features = int(qnet.layers[-1].kernel.shape[1])
-        self.output_dtype = arithmetic.storage_dtype(qnet.output.out_bits)
+        self.in_features = int(np.prod(qnet.input_shape)) if _spatial(qnet) else int(qnet.layers[0].kernel.shape[0])
+        last = qnet.layers[-1]
+        self.out_features = int(last.kernel.shape[1]) if isinstance(last, QDense) else int(np.prod(last.out_shape))
+        self.output_dtype = arithmetic.storage_dtype(_out_bits(last))
         self.threads = max(1, threads or _usable_cpus())
         self.kernel, why = "numpy", ""
+        if _spatial(qnet):
+            self._prepare_spatial(kernel, threads)
+            return
         if kernel != "numpy":
             fn, why = native.load_kernel()
             wide = [layer.name for layer in qnet.layers if not avx2_exact(layer)]
@@ -124,6 +128,39 @@ class Engine:
     @property
     def input_dtype(self) -> np.dtype:
         return arithmetic.storage_dtype(self.qnet.input_bits)
+
+    def _prepare_spatial(self, kernel: str, threads) -> None:
+        """A convolutional network: its conv/pool layers prepared once (`conv`), the Dense layers
+        after the flatten run by an Engine of their own (the AVX2 kernel where it can)."""
+        n = next((i for i, layer in enumerate(self.qnet.layers) if isinstance(layer, QDense)), len(self.qnet.layers))
+        if any(not isinstance(layer, QDense) for layer in self.qnet.layers[n:]):
+            raise PipelineError(f"{self.qnet.name}: a conv or pool layer after a dense layer is not supported")
+        self._steps = [PreparedConv(layer) if isinstance(layer, QConv) else PreparedPool(layer)
+                       for layer in self.qnet.layers[:n]]
+        self._spatial_shape = tuple(self.qnet.input_shape)
+        self._tail = None
+        if n < len(self.qnet.layers):
+            first = self.qnet.layers[n]
+            tail = QNetwork(self.qnet.name, (1, 1, int(first.kernel.shape[0])), first.in_scale, first.in_zp,
+                            first.in_bits, (0.0, 0.0), list(self.qnet.layers[n:]))
+            self._tail = Engine(tail, kernel=kernel, threads=threads)
+        self.kernel = "numpy" if self._tail is None else f"numpy+{self._tail.kernel}"
+
+    def _run_spatial(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Signed rows [N, H*W*C] -> the network's output rows, written into `out`."""
+        first_bits = self.qnet.layers[0].in_bits
+        for start in range(0, len(x), CHUNK):
+            h = x[start:start + CHUNK]
+            h = h if h.dtype.kind == "i" else arithmetic.from_unsigned(h, first_bits)
+            h = h.reshape(len(h), *self._spatial_shape)
+            for step in self._steps:
+                h = step(h)
+            h = h.reshape(len(h), -1)
+            if self._tail is not None:
+                h = self._tail.run(h)
+            out[start:start + CHUNK] = h if out.dtype.kind == "i" else arithmetic.to_unsigned(
+                h, _out_bits(self.qnet.layers[-1]))
+        return out
 
     def _prepare_avx2(self, fn) -> None:
         self.kernel, self._fn = "avx2", fn
@@ -191,9 +228,11 @@ class Engine:
         x = self._rows(u, arithmetic.stream_dtype(self.qnet.input_bits), "input stream")
         if self._table is not None:
             x = _lookup(self.qnet.normalization, self._table, arithmetic.from_unsigned(x, self.qnet.input_bits))
-        return self._run(x, self._out(out, len(x), arithmetic.stream_dtype(self.qnet.output.out_bits)))
+        return self._run(x, self._out(out, len(x), arithmetic.stream_dtype(_out_bits(self.qnet.layers[-1]))))
 
     def _run(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        if hasattr(self, "_steps"):
+            return self._run_spatial(x, out)
         if self.kernel == "avx2":
             if self._fn(self._structs_ptr, len(self._structs), native.address(x), native.KINDS[x.dtype], len(x),
                         native.address(out), native.KINDS[out.dtype], self.threads):
@@ -210,8 +249,21 @@ class Engine:
         return out
 
 
-def run_layer(layer: QDense, q_in: np.ndarray) -> np.ndarray:
-    """The engine's integer output of one quantized layer for its integer inputs [N, ...] (storage dtype)."""
+def _spatial(qnet: QNetwork) -> bool:
+    return any(isinstance(layer, (QConv, QPool)) for layer in qnet.layers)
+
+
+def _out_bits(layer) -> int:
+    return layer.bits if isinstance(layer, QPool) else layer.out_bits
+
+
+def run_layer(layer, q_in: np.ndarray) -> np.ndarray:
+    """The engine's integer output of one quantized layer for its integer inputs [N, ...] (storage
+    dtype): [N, C] for a Dense layer, NHWC for a conv or pool layer."""
+    if isinstance(layer, QConv):
+        return run_conv(layer, np.asarray(q_in).reshape(len(q_in), *layer.in_shape))
+    if isinstance(layer, QPool):
+        return run_pool(layer, np.asarray(q_in).reshape(len(q_in), *layer.in_shape))
     single = QNetwork(layer.name, (1, 1, int(layer.kernel.shape[0])), layer.in_scale, layer.in_zp, layer.in_bits,
                       (0.0, 0.0), [layer])
     return Engine(single).run(q_in)

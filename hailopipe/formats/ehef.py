@@ -36,9 +36,9 @@ from hailopipe.fileio import read_limited
 from hailopipe.formats import compile_report, qnpz
 from hailopipe.formats.hailo_hef import COMPATIBLE, is_hailo_hef
 from hailopipe.formats.streams import Format, FormatOrder, FormatType, HefInfo, NetworkGroupInfo, QuantInfo, VStreamInfo
-from hailopipe.network import Dense, Network, Normalization
+from hailopipe.network import ACTIVATIONS, Conv, Dense, Network, Normalization, Pool
 from hailopipe.quantization import arithmetic
-from hailopipe.quantization.qnetwork import QNetwork
+from hailopipe.quantization.qnetwork import QConv, QDense, QNetwork, QPool
 
 MAGIC = b"EHEF"
 VERSION = 1
@@ -79,8 +79,12 @@ def stream_infos(q: QNetwork) -> tuple[list[VStreamInfo], list[VStreamInfo]]:
     out = q.output
     inputs = [_stream(q, "input_layer1", "input", q.input_shape, FormatOrder.NHWC, q.input_bits, q.input_scale,
                       q.input_zp, q.input_limvals)]
-    outputs = [_stream(q, out.name, "output", (out.kernel.shape[1],), FormatOrder.NC, out.out_bits, out.out_scale,
-                       out.out_zp, arithmetic.real_range(out.out_scale, out.out_zp, out.out_bits))]
+    if isinstance(out, QDense):
+        shape, order, bits = (out.kernel.shape[1],), FormatOrder.NC, out.out_bits
+    else:  # a network ending in a conv or pool layer: an NHWC output, as the real MNIST HEF's maxpool3
+        shape, order, bits = out.out_shape, FormatOrder.NHWC, (out.bits if isinstance(out, QPool) else out.out_bits)
+    outputs = [_stream(q, out.name, "output", shape, order, bits, out.out_scale, out.out_zp,
+                       arithmetic.real_range(out.out_scale, out.out_zp, bits))]
     return inputs, outputs
 
 
@@ -100,10 +104,45 @@ def layer_report(q: QNetwork) -> dict:
         layers[n.name] = compile_report.layer(shape, shape, int(np.prod(shape)), int(n.kernel.nbytes),
                                               int(n.kernel.shape[1] * 4), f"a{n.out_bits}_w{n.w_bits}", n.activation)
     for layer in q.layers:
-        layers[layer.name] = compile_report.layer(
-            [int(layer.kernel.shape[0])], [int(layer.kernel.shape[1])], layer.macs, int(layer.kernel.nbytes),
-            int(layer.kernel.shape[1] * 4), f"a{layer.out_bits}_w{layer.w_bits}", layer.activation)
+        if isinstance(layer, QDense):
+            layers[layer.name] = compile_report.layer(
+                [int(layer.kernel.shape[0])], [int(layer.kernel.shape[1])], layer.macs, int(layer.kernel.nbytes),
+                int(layer.kernel.shape[1] * 4), f"a{layer.out_bits}_w{layer.w_bits}", layer.activation)
+        elif isinstance(layer, QConv):
+            layers[layer.name] = compile_report.layer(
+                list(layer.in_shape), list(layer.out_shape), layer.macs, int(layer.kernel.nbytes), layer.channels * 4,
+                f"a{layer.out_bits}_w{layer.w_bits}", layer.activation)
+        else:  # pooling: comparisons / additions, no weights
+            layers[layer.name] = compile_report.layer(
+                list(layer.in_shape), list(layer.out_shape),
+                int(np.prod(layer.out_shape)) * int(np.prod(layer.size)), 0, 0, f"a{layer.bits}", "linear")
     return compile_report.build(q.name, layers)
+
+
+def _layer_record(layer) -> dict:
+    """A layer's geometry in the file's JSON description (its arrays hold the rest)."""
+    if isinstance(layer, QDense):
+        return {"name": layer.name, "activation": layer.activation, "kernel_shape": list(layer.kernel.shape)}
+    if isinstance(layer, QConv):
+        return {"type": "conv", "name": layer.name, "activation": layer.activation,
+                "kernel_shape": list(layer.kernel.shape), "strides": list(layer.strides), "padding": layer.padding,
+                "dilations": list(layer.dilations), "depthwise": layer.depthwise}
+    return {"type": "pool", "name": layer.name, "kind": layer.kind, "size": list(layer.size),
+            "strides": list(layer.strides), "padding": layer.padding}
+
+
+def _skeleton_layer(spec: dict):
+    """The float layer of a record, weights zero: what `qnpz.from_arrays` checks the arrays against."""
+    kind = spec.get("type", "dense")
+    if kind == "pool":
+        return Pool(spec["name"], spec["kind"], tuple(spec["size"]), tuple(spec["strides"]), spec["padding"])
+    kernel = np.broadcast_to(np.float32(0), tuple(int(v) for v in spec["kernel_shape"]))
+    if kind == "conv":
+        return Conv(spec["name"], kernel, np.zeros(0, np.float32), tuple(spec["strides"]), spec["padding"],
+                    spec["activation"], bool(spec["depthwise"]), tuple(spec["dilations"]))
+    if kind != "dense":
+        raise ValueError(f"unknown layer type {kind!r}")
+    return Dense(spec["name"], kernel, np.zeros(0, np.float32), spec["activation"])
 
 
 def compile_network(q: QNetwork, hw_arch: str) -> bytes:
@@ -123,8 +162,7 @@ def compile_network(q: QNetwork, hw_arch: str) -> bytes:
             "compiler": EMULATOR, "hw_arch": hw_arch,
             "network_group": q.name, "networks": [f"{q.name}/{q.name}"], "contexts": 1,
             "inputs": [_record(s) for s in inputs], "outputs": [_record(s) for s in outputs],
-            "layers": [{"name": layer.name, "activation": layer.activation, "kernel_shape": list(layer.kernel.shape)}
-                       for layer in q.layers],
+            "layers": [_layer_record(layer) for layer in q.layers],
             "normalization": None if q.normalization is None else {
                 "name": q.normalization.name, "channels": int(q.normalization.kernel.shape[1])},
             "input_shape": list(q.input_shape), "report": layer_report(q), "arrays": index}
@@ -195,11 +233,11 @@ def load(source: str | os.PathLike | bytes, name: str | None = None) -> Compiled
                 raise PipelineError(f"{label}: array {key} lies outside the file")
             arrays[key] = np.frombuffer(body, dt, count=n // dt.itemsize, offset=start).reshape(shape)
         skeleton = Network(meta["network_group"], tuple(int(s) for s in meta["input_shape"]),
-                           [Dense(spec["name"], np.broadcast_to(np.float32(0), tuple(spec["kernel_shape"])),
-                                  np.zeros(0, np.float32), spec["activation"]) for spec in meta["layers"]],
+                           [_skeleton_layer(spec) for spec in meta["layers"]],
                            normalization=_skeleton_normalization(meta.get("normalization")))
-        if not skeleton.layers or any(d.activation not in ("linear", "relu") for d in skeleton.layers):
+        if not skeleton.layers or any(getattr(d, "activation", "linear") not in ACTIVATIONS for d in skeleton.layers):
             raise PipelineError(f"{label}: bad layer list")
+        skeleton.shapes  # noqa: B018 -- the geometry must fit (ValueError otherwise)
         qnet = qnpz.from_arrays(arrays, skeleton, label)
         inputs, outputs = stream_infos(qnet)
         if [meta["inputs"], meta["outputs"]] != [[_record(s) for s in inputs], [_record(s) for s in outputs]]:

@@ -81,11 +81,66 @@ integer that float64 holds exactly, the product is the same in any order, and
 
 each float operand keeping at least (52 - log2 K) / 2 significant bits of its largest entry
 (21 bits for K = 784, float32 has 24): far below the quantization steps it feeds.
+
+Convolutions in integers (`quantize_conv`; run by `engine.conv`)
+---------------------------------------------------------------
+A 2-D convolution over NHWC inputs with TensorFlow's kernel layout [kh, kw, cin, cout] is the Dense
+layer above applied at every output position (y, x) to the patch of kh*kw*cin inputs under the
+kernel, with strides (sh, sw), dilations (dh, dw) and padding (pt, pl) at the top and left:
+
+    acc[y, x, c] = sum_{i,j,k} q_x[y sh + i dh - pt, x sw + j dw - pl, k] q_w[i, j, k, c] + bias_eff[c]   (7)
+
+bias_eff[c] = q_b[c] - z_x sum_{i,j,k} q_w[i, j, k, c] being (3)'s constant over the whole kernel,
+then (4)-(5) per output channel.  Viewed as the matrix [kh*kw*cin, cout] (`conv_matrix`) the kernel
+is quantized exactly as a Dense one (symmetric, per output channel), and so are its bias and m0.
+
+Padding.  TensorFlow's SAME padding pads with real zeros.  The real 0 is exactly the integer z_x
+(2), so the padded positions hold q = z_x: a pad contributes (z_x - z_x) q_w = 0 to
+sum (q_x - z_x) q_w, as a real zero does.  Hence (7) holds at every output position, borders
+included, with the same folded bias_eff: no border correction.  (Padding with the integer 0
+would instead add -z_x times the padded weights' sum at the borders.)  Output sizes and pad
+placement are TensorFlow's (`qnetwork.window`): SAME gives ceil(H / s) outputs and puts the odd
+pad row (column) at the bottom (right).
+
+Depthwise (kernel [kh, kw, C, 1], multiplier 1): output channel c sees input channel c alone, the
+sum in (7) runs over (i, j) only, bias_eff[c] = q_b[c] - z_x sum_{i,j} q_w[i, j, c, 0], and the
+weights are symmetric per channel c of the matrix [kh*kw, C].
+
+Activations are the clamp's bounds (`activation_bounds`): linear [qmin, qmax]; relu raises the
+lower bound to z_y (the quantized 0); relu6 also lowers the upper one to quantize(6) =
+z_y + round_half_even(6 / s_y), clamped to the range.  Quantizing is nondecreasing, so
+quantize(min(max(r, 0), 6)) = min(max(quantize(r), quantize(0)), quantize(6)): the clamp of the
+integer output is the integer of the clamped value.
+
+Max pooling.  Quantizing is nondecreasing, so max_i quantize(r_i) = quantize(max_i r_i): with the
+output's qparams equal to the input's, the max of the integers is exactly the quantized max, no
+requantization.  TensorFlow's SAME max pooling ignores the pads (as -inf).  Every SAME window holds
+at least one real input (pad_total = (out - 1) s + k - H < k since (out - 1) s < H, so no window
+lies wholly in the padding), so padding with qmin, which no real input is below, gives the same max.
+
+Average pooling.  TensorFlow averages over the real inputs of the window only: their count n is
+kh*kw everywhere for VALID and smaller at the borders for SAME (`QPool.counts`: the in-bounds rows
+times the in-bounds columns).  With r_i = s_x (q_i - z_x) and the output r = s_y (q_y - z_y):
+
+    r = (1 / n) sum_i r_i   =>   q_y = clamp(z_y + round(M_n S)),   S = sum_i (q_i - z_x),   M_n = s_x / (s_y n)   (8)
+
+S is an integer accumulator over the window; padding with z_x (as for the convolution) makes each
+pad contribute 0, so S is the plain sum over the padded window minus kh*kw*z_x.  M_n is put in
+fixed point per output position (`avgpool_multipliers`) and rounded by (5): round half up, the
+rule every other layer uses.  |S| <= n (2^b - 1) bounds the mantissa bits so that S m0 fits 64 bits.
+With s_y = s_x (TFLite's int8 AVERAGE_POOL_2D requires it; `quantize_pool`'s default) M_n = 1/n to
+31 bits (fewer only when n (2^b - 1) reaches 2^31): (8) then is the exact mean of the q_i - z_x
+rounded half up, except possibly when that mean is exactly a half-integer (m0 2^-e is off 1/n by
+under 2^-31 relative, so M_n S is off the mean by under 2^(b-31), while a mean that is no tie is at
+least 1/(2n) from one: n < 2^(30-b) suffices).  TFLite rounds half away from zero instead: the two
+differ only on such ties.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from hailopipe.quantization.qnetwork import QConv, QPool, window_counts
 
 PRECISION_MODES = {"a8_w8": (8, 8), "a16_w16": (16, 16)}
 
@@ -268,3 +323,67 @@ def exact_dot(a: np.ndarray, b: np.ndarray, b_is_integer: bool = False) -> np.nd
         b_int, s_b = _grid(b, b_bits)
     a_int, s_a = _grid(a, room - b_bits)
     return np.ldexp(a_int @ b_int, -(s_a + s_b))
+
+
+def conv_matrix(kernel: np.ndarray, depthwise: bool = False) -> np.ndarray:
+    """A convolution kernel as the matrix [K, C] of (7): [kh*kw*cin, cout], rows in (i, j, k) order;
+    depthwise ([kh, kw, C, 1]) [kh*kw, C]."""
+    kernel = np.asarray(kernel)
+    return kernel[..., 0].reshape(-1, kernel.shape[2]) if depthwise else kernel.reshape(-1, kernel.shape[3])
+
+
+def activation_bounds(activation: str, scale: float, zero_point: int, bits: int) -> tuple[int, int]:
+    """The clamp (lo, hi) of a layer's output integers that implements its activation (see above)."""
+    qmin, qmax = qrange(bits)
+    if activation == "linear":
+        return qmin, qmax
+    lo = max(qmin, zero_point)
+    if activation == "relu":
+        return lo, qmax
+    if activation == "relu6":
+        return lo, int(quantize(np.float64(6.0), scale, zero_point, bits))
+    raise ValueError(f"activation {activation!r} is not linear, relu or relu6")
+
+
+def quantize_conv(name: str, kernel: np.ndarray, bias: np.ndarray, activation: str, in_bits: int, in_scale: float,
+                  in_zp: int, limvals, mode: str, per_channel: bool, strides, padding: str, in_shape,
+                  dilations=(1, 1), depthwise: bool = False) -> QConv:
+    """A float convolution (kernel [kh, kw, cin, cout] or depthwise [kh, kw, C, 1], bias [cout]) in
+    integers, as `optimizer.quantize_dense` does a Dense layer: the input's qparams, the output's from
+    `limvals` in precision `mode`; weights symmetric per output channel (or per tensor)."""
+    out_bits, w_bits = PRECISION_MODES[mode]
+    kernel = np.asarray(kernel)
+    q_mat, s_w = quantize_weights(conv_matrix(kernel, depthwise), w_bits, per_channel)
+    q_w = (q_mat.reshape(*kernel.shape[:3], 1) if depthwise else q_mat.reshape(kernel.shape))
+    q_b = quantize_bias(bias, in_scale, s_w)
+    out_scale, out_zp = choose_qparams(*limvals, out_bits)
+    out_scale = float(np.float32(out_scale))
+    multiplier = float(np.float32(in_scale)) * s_w.astype(np.float64) / out_scale
+    m0, shift = quantize_multiplier(multiplier, multiplier_bits(q_mat, fold_zero_point(q_b, q_mat, in_zp), in_bits))
+    return QConv(name, depthwise, activation, in_bits, w_bits, out_bits, q_w, q_b, s_w, in_scale, in_zp, out_scale,
+                 out_zp, m0, shift, (float(limvals[0]), float(limvals[1])), tuple(strides), padding, tuple(in_shape),
+                 tuple(dilations))
+
+
+def avgpool_multipliers(counts: np.ndarray, in_scale: float, out_scale: float,
+                        bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """(m0, e) of M_n = s_x / (s_y n) in (8) for each count n, with |S m0| < 2^63 for |S| <= n (2^bits - 1)."""
+    counts = np.asarray(counts, np.int64)
+    bound = int(counts.max(initial=1)) * ((1 << bits) - 1)
+    mant_bits = max(8, min(31, 62 - bound.bit_length()))
+    m = float(np.float32(in_scale)) / (float(np.float32(out_scale)) * counts.astype(np.float64))
+    return quantize_multiplier(m, mant_bits)
+
+
+def quantize_pool(name: str, kind: str, size, strides, padding: str, in_shape, bits: int, in_scale: float, in_zp: int,
+                  out_scale: float | None = None, out_zp: int | None = None) -> QPool:
+    """A pooling layer in integers.  Max pooling keeps the input's qparams (it commutes only with
+    them); average pooling takes the output's (default: the input's, as TFLite) and gets the
+    multipliers of (8) for its window counts."""
+    out_scale = in_scale if out_scale is None else out_scale
+    out_zp = in_zp if out_zp is None else out_zp
+    m0 = shift = None
+    if kind == "avg":
+        m0, shift = avgpool_multipliers(window_counts(in_shape, size, strides, padding), in_scale, out_scale, bits)
+    return QPool(name, kind, tuple(size), tuple(strides), padding, tuple(in_shape), bits, in_scale, in_zp, out_scale,
+                 out_zp, m0, shift)

@@ -4,8 +4,8 @@
     result = noise.analyze(float_net, qnet, x_nhwc_float32)
     result["layers"]["fc3"]["snr_db"]
 
-For every Dense layer (the normalization layer is exact for the default normalization([0], [255])
-and not reported), over all images and output channels of `x`:
+For every layer (conv, pool, dense; the normalization layer is exact for the default
+normalization([0], [255]) and not reported), over all images and output channels of `x`:
 
     SNR_dB = 10 log10( sum f^2 / sum (q - f)^2 )
 
@@ -32,7 +32,7 @@ import numpy as np
 from hailopipe import network
 from hailopipe.engine.engine import quantize_input, run_layer
 from hailopipe.quantization import arithmetic
-from hailopipe.quantization.qnetwork import QNetwork
+from hailopipe.quantization.qnetwork import QNetwork, QPool
 
 SNR_CAP_DB = 300.0
 
@@ -68,11 +68,13 @@ def analyze(net: network.Network, qnet: QNetwork, x: np.ndarray) -> dict:
     quantized = quantized_layer_outputs(qnet, quantize_input(qnet, x))
     for i, (layer, q, f) in enumerate(zip(qnet.layers, quantized, float_outs)):
         f_in = first_in.reshape(len(x), -1) if i == 0 else float_outs[i - 1]
-        alone = run_layer(layer, arithmetic.quantize(f_in, layer.in_scale, layer.in_zp, layer.in_bits))
+        pool = isinstance(layer, QPool)
+        in_bits = layer.bits if pool else layer.in_bits
+        alone = run_layer(layer, arithmetic.quantize(f_in, layer.in_scale, layer.in_zp, in_bits))
         layers[layer.name] = {
             "snr_db": snr_db(f, arithmetic.dequantize(q, layer.out_scale, layer.out_zp)),
             "isolated_snr_db": snr_db(f, arithmetic.dequantize(alone, layer.out_scale, layer.out_zp)),
-            "precision": f"a{layer.out_bits}_w{layer.w_bits}"}
+            "precision": f"a{layer.bits}" if pool else f"a{layer.out_bits}_w{layer.w_bits}"}
     return {"images": int(len(x)), "layers": layers, "output_snr_db": layers[qnet.layers[-1].name]["snr_db"]}
 
 

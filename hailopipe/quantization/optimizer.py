@@ -58,7 +58,7 @@ from hailopipe.engine.engine import quantize_input, run_layer
 from hailopipe.errors import PipelineError
 from hailopipe.quantization import arithmetic, calibration, config, finetune
 from hailopipe.quantization.config import OptimizeConfig
-from hailopipe.quantization.qnetwork import QDense, QNetwork
+from hailopipe.quantization.qnetwork import QDense, QNetwork, QPool
 
 log = logging.getLogger(__name__)
 RAW_RANGE = (0.0, 255.0)  # the input stream's values when the model script normalizes
@@ -82,23 +82,57 @@ def quantize_dense(d: network.Dense, in_bits, in_scale, in_zp, limvals, mode, pe
                   out_scale, out_zp, m0, shift, (float(limvals[0]), float(limvals[1])))
 
 
-def bias_error(q: QDense, mean_q_in: np.ndarray, d_ref: network.Dense, mean_f_in: np.ndarray) -> np.ndarray:
-    """e[c]: mean quantized pre-activation (real units) minus the float reference's, per channel.
+def _quantize(d, in_bits, in_scale, in_zp, in_shape, limvals, mode, per_channel, bias=None):
+    """A Dense or Conv layer in integers (`quantize_dense` / `arithmetic.quantize_conv`)."""
+    if isinstance(d, network.Dense):
+        return quantize_dense(d, in_bits, in_scale, in_zp, limvals, mode, per_channel, bias)
+    return arithmetic.quantize_conv(d.name, d.kernel, d.bias if bias is None else bias, d.activation, in_bits,
+                                    in_scale, in_zp, limvals, mode, per_channel, d.strides, d.padding, in_shape,
+                                    d.dilations, d.depthwise)
 
-    The vector-matrix products are summed by numpy row after row (not by BLAS), in a fixed order."""
-    acc = (mean_q_in[:, None] * q.kernel).sum(axis=0) + arithmetic.fold_zero_point(q.bias, q.kernel, q.in_zp)
+
+def _mean_patch(d, values: np.ndarray, in_shape) -> np.ndarray:
+    """The mean over images and output positions of a layer's input patch: [K] for a Dense layer,
+    [kh, kw, cin] for a conv, pads counted as 0 (a real zero), summed in float64 a slice at a time."""
+    if isinstance(d, network.Dense):
+        return np.asarray(values, np.float64).reshape(len(values), -1).mean(axis=0)
+    total, count = 0.0, 0
+    for start in range(0, len(values), 64):
+        v = np.asarray(values[start:start + 64], np.float64).reshape(-1, *in_shape)
+        p = network.patches(v, d.kernel.shape[:2], d.strides, d.padding, d.dilations)
+        total = total + p.sum(axis=(0, 1, 2))
+        count += p.shape[0] * p.shape[1] * p.shape[2]
+    return total / count
+
+
+def _apply_mean(d, patch: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """The layer's linear map of a mean patch, per output channel, summed by numpy in a fixed order."""
+    if isinstance(d, network.Dense):
+        return (patch[:, None] * kernel.astype(np.float64)).sum(axis=0)
+    k = kernel.astype(np.float64)
+    if d.depthwise:
+        return (patch * k[..., 0]).sum(axis=(0, 1))
+    return (patch[..., None] * k).sum(axis=(0, 1, 2))
+
+
+def bias_error(q, q_in: np.ndarray, d_ref, f_in: np.ndarray, in_shape=None) -> np.ndarray:
+    """e[c]: mean quantized pre-activation (real units) minus the float reference's, per channel,
+    over the images and output positions of the layer's integer input `q_in` and float input `f_in`
+    (the mean of an affine map is the map of the mean patch; a pad is 0 in both)."""
+    codes = np.asarray(q_in, np.float64) - q.in_zp  # the real value over s_x: pads (z_x) become 0
+    acc = _apply_mean(d_ref, _mean_patch(d_ref, codes, in_shape), q.kernel) + q.bias
     quantized = q.in_scale * q.w_scale.astype(np.float64) * acc
-    return quantized - ((mean_f_in[:, None] * d_ref.kernel.astype(np.float64)).sum(axis=0) + d_ref.bias)
+    return quantized - (_apply_mean(d_ref, _mean_patch(d_ref, f_in, in_shape), d_ref.kernel) + d_ref.bias)
 
 
-def correct_bias(q: QDense, d: network.Dense, d_ref: network.Dense, mean_q_in, mean_f_in, limvals, mode, cfg) -> QDense:
+def correct_bias(q, d, d_ref, q_in, f_in, limvals, mode, cfg, in_shape=None):
     """Level 1: requantize `d` with its integer bias shifted by the rounded mean mismatch (module docstring)."""
-    err = bias_error(q, mean_q_in, d_ref, mean_f_in)
+    err = bias_error(q, q_in, d_ref, f_in, in_shape)
     unit = q.in_scale * q.w_scale.astype(np.float64)  # one step of the integer bias
     corrected = unit * (q.bias - np.rint(err / unit))  # exact multiples: quantize_bias gives them back
-    q = quantize_dense(d, q.in_bits, q.in_scale, q.in_zp, limvals, mode, cfg.per_channel, bias=corrected)
+    q = _quantize(d, q.in_bits, q.in_scale, q.in_zp, in_shape, limvals, mode, cfg.per_channel, bias=corrected)
     log.info("optimize: %-8s bias correction: mean |mismatch| %.3g -> %.3g", d.name, np.abs(err).mean(),
-             np.abs(bias_error(q, mean_q_in, d_ref, mean_f_in)).mean())
+             np.abs(bias_error(q, q_in, d_ref, f_in, in_shape)).mean())
     return q
 
 
@@ -137,30 +171,34 @@ def quantize_network(net: network.Network, calib: np.ndarray, cfg: OptimizeConfi
     """Calibrate `net` (as parsed, without normalization) on `calib` (NHWC raw values, 0-255, as the
     SDK takes calibration data when the script normalizes) and return its integer version, with the
     input normalization, per `cfg` (see the module docstring)."""
-    config.check(cfg, [d.name for d in net.layers])
+    config.check(cfg, [d.name for d in net.layers if not isinstance(d, network.Pool)])
     normalized = with_normalization(net, cfg)
     norm = normalized.normalization
     raw, float_outs, ranges = calibration.statistics(normalized, calib, cfg)
-    x = norm.apply(raw.reshape(len(raw), -1, net.input_shape[-1])).reshape(len(raw), -1)  # as `forward` does
+    x = norm.apply(raw.reshape(len(raw), -1, net.input_shape[-1])).reshape(len(raw), *net.input_shape)  # as `forward`
     q_norm = quantize_normalization(norm, model_domain(cfg))
     in_scale, in_zp = q_norm.out_scale, q_norm.out_zp
     work = net
     if cfg.optimization_level >= 2:
-        work = finetune.finetune(net, x, float_outs[-1], ranges, in_scale, in_zp, cfg)
+        work = finetune.finetune(net, x.reshape(len(x), -1), float_outs[-1], ranges, in_scale, in_zp, cfg)
     qnet = QNetwork(net.name, net.input_shape, q_norm.in_scale, q_norm.in_zp, 8, RAW_RANGE, [], q_norm)
     q_x = quantize_input(qnet, raw)
     scale, zp, bits, layers = in_scale, in_zp, 8, []
-    for i, (d, limvals) in enumerate(zip(work.layers, ranges)):
-        mode = cfg.precision_of(d.name)
-        q = quantize_dense(d, bits, scale, zp, limvals, mode, cfg.per_channel)
-        if cfg.optimization_level == 1:
-            mean_f_in = (x if i == 0 else float_outs[i - 1]).mean(axis=0, dtype=np.float64)
-            q = correct_bias(q, d, net.layers[i], q_x.mean(axis=0, dtype=np.float64), mean_f_in, limvals, mode, cfg)
-        log.info("optimize: %-8s %s  range [%.3f, %.3f]  scale %.5g  zp %d", d.name, mode, *limvals, q.out_scale,
-                 q.out_zp)
+    for i, (d, limvals, (in_shape, _)) in enumerate(zip(work.layers, ranges, net.shapes)):
+        f_in = x if i == 0 else float_outs[i - 1]
+        if isinstance(d, network.Pool):  # the input's qparams: max pooling commutes with them exactly
+            q = arithmetic.quantize_pool(d.name, d.kind, d.size, d.strides, d.padding, in_shape, bits, scale, zp)
+            log.info("optimize: %-8s %spool, the input's qparams", d.name, d.kind)
+        else:
+            mode = cfg.precision_of(d.name)
+            q = _quantize(d, bits, scale, zp, in_shape, limvals, mode, cfg.per_channel)
+            if cfg.optimization_level == 1:
+                q = correct_bias(q, d, net.layers[i], q_x, f_in, limvals, mode, cfg, in_shape)
+            log.info("optimize: %-8s %s  range [%.3f, %.3f]  scale %.5g  zp %d", d.name, mode, *limvals, q.out_scale,
+                     q.out_zp)
         layers.append(q)
         if i + 1 < len(work.layers):
             q_x = run_layer(q, q_x)  # the engine's own output: what the next layer really receives
-        scale, zp, bits = q.out_scale, q.out_zp, q.out_bits
+        scale, zp, bits = q.out_scale, q.out_zp, (q.bits if isinstance(q, QPool) else q.out_bits)
     qnet.layers = layers
     return qnet

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from hailopipe.formats import har
+from hailopipe.network import Pool
 from hailopipe.quantization import arithmetic, model_script, optimizer
 from hailopipe.quantization.config import OptimizeConfig
 
@@ -12,8 +13,8 @@ PRECISION_MODES = tuple(arithmetic.PRECISION_MODES)
 
 
 def layer_names(har_path) -> list[str]:
-    """The layers a precision mode can be set for, in order."""
-    return [d.name for d in har.load(har_path, expect_state="hailo_model").net.layers]
+    """The layers a precision mode can be set for (those with weights), in order."""
+    return [d.name for d in har.load(har_path, expect_state="hailo_model").net.layers if not isinstance(d, Pool)]
 
 
 def optimize(har_path, out_har_path, calib: np.ndarray, cfg: OptimizeConfig, hw_arch: str) -> dict:
