@@ -85,3 +85,25 @@ def test_noise_analysis_covers_every_cnn_layer(raw):
     assert list(result["layers"]) == ["conv1", "maxpool1", "conv2", "avgpool1", "fc1"]
     assert all(20 < v["snr_db"] < 80 for v in result["layers"].values())
     assert result["layers"]["maxpool1"]["precision"] == "a8"
+
+
+@pytest.mark.parametrize("clipping", ["minmax", "mse"])
+def test_the_emulator_backend_runs_a_cnn_from_its_har(raw, tmp_path, clipping):
+    """parse's HAR -> optimize -> compile -> evaluate's views, through the backend the stages call."""
+    from hailopipe import backends
+    from hailopipe.formats import har
+
+    net = cnn()
+    har.save(har.Har("hailo_model", net, metadata={"hw_arch": "hailo8"}), tmp_path / "m.har")
+    opt = backends.get("emulator", "optimize")
+    assert opt.layer_names(tmp_path / "m.har") == ["conv1", "conv2", "fc1"]  # pools take no precision mode
+    cfg = OptimizeConfig(calib_size=64, optimization_level=2, clipping_mode=clipping, precision={"conv2": "a16_w16"})
+    summary = opt.optimize(tmp_path / "m.har", tmp_path / "q.har", raw, cfg, "hailo8")
+    assert summary["applied"]["finetune"] and summary["layers"]["maxpool1"]["limvals"] is None
+    script = har.load(tmp_path / "q.har").metadata["model_script"]
+    assert "quantization_param(net/conv2, precision_mode=a16_w16)" in script and "maxpool1" not in script
+    report = backends.get("emulator", "compile").compile(tmp_path / "q.har", tmp_path / "m.hef", "hailo8")
+    assert list(report["layers"]) == ["normalization1", "conv1", "maxpool1", "conv2", "avgpool1", "fc1"]
+    ev = backends.get("emulator", "evaluate")
+    compiled, quantized = ev.infer_compiled(tmp_path / "m.hef", raw), ev.infer_quantized(tmp_path / "q.har", raw)
+    assert compiled.shape == (64, 10) and np.array_equal(compiled, quantized)

@@ -13,12 +13,14 @@ from hailopipe.quantization.config import OptimizeConfig
 def render(net: network.Network, cfg: OptimizeConfig, ranges=None) -> str:
     """The Hailo model script (.alls) that asks the DFC for the same quantization.
 
-    With `ranges` (per-layer [lo, hi], e.g. from `calibration.ranges`), an `mse` clipping mode is
+    With `ranges` (per layer of `net.layers` [lo, hi], e.g. from `calibration.ranges`; a pooling
+    layer's is ignored, it keeps its input's qparams), an `mse` clipping mode is
     written as the SDK's manual clipping of each layer to the ranges found; without, as a comment,
     since the SDK's activation clipping has no MSE mode.
     """
     mean, std = cfg.normalization
-    scoped = [f"{net.name}/{layer.name}" for layer in net.layers]
+    # the layers with an output range of their own (a pooling layer keeps its input's)
+    scoped = [f"{net.name}/{layer.name}" for layer in net.layers if not isinstance(layer, network.Pool)]
     level, ft = cfg.optimization_level, cfg.finetune
     lines = [f"normalization1 = normalization([{', '.join(f'{m:g}' for m in mean)}], "
              f"[{', '.join(f'{v:g}' for v in std)}])",
@@ -31,7 +33,9 @@ def render(net: network.Network, cfg: OptimizeConfig, ranges=None) -> str:
         lines.append(f"pre_quantization_optimization(activation_clipping, layers=[{', '.join(scoped)}], "
                      f"mode=percentile, clipping_values=[{cfg.clipping_values[0]:g}, {cfg.clipping_values[1]:g}])")
     elif cfg.clipping_mode == "mse" and ranges is not None:
-        for name, (r_lo, r_hi) in zip(scoped, ranges):
+        with_range = [(f"{net.name}/{layer.name}", r) for layer, r in zip(net.layers, ranges)
+                      if not isinstance(layer, network.Pool)]
+        for name, (r_lo, r_hi) in with_range:
             lines.append(f"pre_quantization_optimization(activation_clipping, layers=[{name}], mode=manual, "
                          f"clipping_values=[{r_lo:.6g}, {r_hi:.6g}])")
     elif cfg.clipping_mode == "mse":

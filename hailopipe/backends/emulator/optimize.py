@@ -21,10 +21,10 @@ def optimize(har_path, out_har_path, calib: np.ndarray, cfg: OptimizeConfig, hw_
     """Calibrate and quantize, writing the quantized HAR (with the equivalent model script)."""
     src = har.load(har_path, expect_state="hailo_model")
     qnet = optimizer.quantize_network(src.net, calib, cfg)
-    meta = {"hw_arch": hw_arch,
-            "model_script": model_script.render(src.net, cfg, ranges=[q.limvals for q in qnet.layers]),
+    ranges = [getattr(q, "limvals", None) for q in qnet.layers]  # a pooling layer has none of its own
+    meta = {"hw_arch": hw_arch, "model_script": model_script.render(src.net, cfg, ranges=ranges),
             "calibset_size": int(len(calib))}
     har.save(har.Har("quantized_model", optimizer.with_normalization(src.net, cfg), qnet, meta), out_har_path)
-    return {"layers": {q.name: {"limvals": list(q.limvals), "scale": q.out_scale, "zero_point": q.out_zp}
-                       for q in [qnet.normalization, *qnet.layers]},
+    return {"layers": {q.name: {"limvals": list(q.limvals) if hasattr(q, "limvals") else None, "scale": q.out_scale,
+                                "zero_point": q.out_zp} for q in [qnet.normalization, *qnet.layers]},
             "applied": optimizer.applied(cfg)}
