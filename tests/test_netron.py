@@ -75,3 +75,27 @@ def test_netron_opens_every_har(netron_dir, archives, fitted_net, name, quantize
         else:
             assert weights == {"kernel": {"dataType": "float32", "shape": [k, c]},
                                "bias": {"dataType": "float32", "shape": [c]}}
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_netron_opens_a_cnns_har(netron_dir, tmp_path, val_raw, quantized):
+    """The convolutional layers' HN (conv, maxpool, avgpool) and weights as Netron's reader builds them."""
+    from hailopipe.quantization import optimizer
+    from hailopipe.quantization.config import OptimizeConfig
+    from tests.test_cnn_flow import cnn
+
+    net = cnn()
+    if quantized:
+        q = optimizer.quantize_network(net, val_raw[:64], OptimizeConfig(calib_size=64))
+        har.save(har.Har("quantized_model", optimizer.with_normalization(net, OptimizeConfig()), q), tmp_path / "m.har")
+    else:
+        har.save(har.Har("hailo_model", net), tmp_path / "m.har")
+    (graph,) = open_in_netron(netron_dir, tmp_path / "m.har")["graphs"]
+    nodes = {n["name"]: n for n in graph["nodes"]}
+    types = {name.split("/")[1]: n["type"] for name, n in nodes.items()}
+    assert types == {"conv1": "conv", "maxpool1": "maxpool", "conv2": "conv", "avgpool1": "avgpool", "fc1": "dense",
+                     **({"normalization1": "normalization"} if quantized else {})}
+    weights = {a["name"]: a["values"][0]["initializer"] for a in nodes["net/conv1"]["inputs"]
+               if a["values"][0]["initializer"]}
+    assert weights["kernel"] == {"dataType": "int8" if quantized else "float32", "shape": [3, 3, 1, 8]}
+    assert [v for a in graph["outputs"] for v in a["values"]] == ["net/fc1\nnet/output_layer1"]
