@@ -115,24 +115,33 @@ def _apply_mean(d, patch: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return (patch[..., None] * k).sum(axis=(0, 1, 2))
 
 
+def _mean_patches(q, q_in: np.ndarray, d_ref, f_in: np.ndarray, in_shape) -> tuple[np.ndarray, np.ndarray]:
+    """The mean input patch of the integer input (as codes q - z_x: a pad, z_x, becomes 0) and of the float one."""
+    codes = np.asarray(q_in, np.float64) - q.in_zp
+    return _mean_patch(d_ref, codes, in_shape), _mean_patch(d_ref, f_in, in_shape)
+
+
+def _error(q, d_ref, mean_q: np.ndarray, mean_f: np.ndarray) -> np.ndarray:
+    quantized = q.in_scale * q.w_scale.astype(np.float64) * (_apply_mean(d_ref, mean_q, q.kernel) + q.bias)
+    return quantized - (_apply_mean(d_ref, mean_f, d_ref.kernel) + d_ref.bias)
+
+
 def bias_error(q, q_in: np.ndarray, d_ref, f_in: np.ndarray, in_shape=None) -> np.ndarray:
     """e[c]: mean quantized pre-activation (real units) minus the float reference's, per channel,
     over the images and output positions of the layer's integer input `q_in` and float input `f_in`
     (the mean of an affine map is the map of the mean patch; a pad is 0 in both)."""
-    codes = np.asarray(q_in, np.float64) - q.in_zp  # the real value over s_x: pads (z_x) become 0
-    acc = _apply_mean(d_ref, _mean_patch(d_ref, codes, in_shape), q.kernel) + q.bias
-    quantized = q.in_scale * q.w_scale.astype(np.float64) * acc
-    return quantized - (_apply_mean(d_ref, _mean_patch(d_ref, f_in, in_shape), d_ref.kernel) + d_ref.bias)
+    return _error(q, d_ref, *_mean_patches(q, q_in, d_ref, f_in, in_shape))
 
 
 def correct_bias(q, d, d_ref, q_in, f_in, limvals, mode, cfg, in_shape=None):
     """Level 1: requantize `d` with its integer bias shifted by the rounded mean mismatch (module docstring)."""
-    err = bias_error(q, q_in, d_ref, f_in, in_shape)
+    means = _mean_patches(q, q_in, d_ref, f_in, in_shape)  # once: requantizing keeps the input's qparams
+    err = _error(q, d_ref, *means)
     unit = q.in_scale * q.w_scale.astype(np.float64)  # one step of the integer bias
     corrected = unit * (q.bias - np.rint(err / unit))  # exact multiples: quantize_bias gives them back
     q = _quantize(d, q.in_bits, q.in_scale, q.in_zp, in_shape, limvals, mode, cfg.per_channel, bias=corrected)
     log.info("optimize: %-8s bias correction: mean |mismatch| %.3g -> %.3g", d.name, np.abs(err).mean(),
-             np.abs(bias_error(q, q_in, d_ref, f_in, in_shape)).mean())
+             np.abs(_error(q, d_ref, *means)).mean())
     return q
 
 
