@@ -540,7 +540,7 @@ def test_parse_retries_with_the_recommended_end_nodes(fake, fitted_net, tmp_path
 
 
 @pytest.mark.parametrize("tanh_after, keras3, match", [
-    (1, False, "parsed the model only up to end_node_names=\\['mnist/dense1/out'\\]: 1 of 3 dense layers, output "
+    (1, False, "parsed the model only up to end_node_names=\\['mnist/dense1/out'\\]: 1 of 3 layers with weights, output "
                "width 64 instead of the logits' 10"),
     (0, False, "could not parse the model \\(no node names: ParsingWithRecommendationException: .*TANH"),
     (0, True, "export the model with a fixed batch of 1 so that Flatten is one RESHAPE"),

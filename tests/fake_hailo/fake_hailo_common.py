@@ -94,6 +94,11 @@ def build_hef(qnet, hw_arch: str, sdk_version: str) -> bytes:
     ng.network_group_metadata.network_group_name = qnet.name
     ng.networks_names.append(qnet.name)
     out = qnet.output
+    from hailopipe.quantization.qnetwork import QDense
+
+    if not isinstance(out, QDense):
+        raise FakeLimitation("the stand-in's HEF has a dense output layer; this network ends in a "
+                             f"{type(out).__name__}")
     ng.sorted_outputs_order.append(f"{qnet.name}/{out.name}")
     ctx = ng.contexts.add()
     h, w, c = qnet.input_shape

@@ -41,7 +41,7 @@ from hailopipe.backends.hailo import sdk as hailo_sdk
 from hailopipe.errors import PipelineError
 from hailopipe.fileio import write_bytes
 from hailopipe.formats import hailo_hef
-from hailopipe.network import Normalization
+from hailopipe.network import Normalization, Pool
 from hailopipe.quantization import calibration
 from hailopipe.quantization.config import OptimizeConfig
 
@@ -83,10 +83,14 @@ def parse(tflite_path, har_path, net_name: str, hw_arch: str) -> dict:
 
 
 def layer_names(har_path) -> list[str]:
-    """The layers a precision mode can be set for: the SDK's names of the dense layers, in order."""
+    """The layers a precision mode can be set for: the SDK's names of the layers with weights, in order."""
     sdk = hailo_sdk.load_sdk()
     runner = hailo_sdk.open_runner(sdk, har_path)
-    return [d.name for d in hn_view.float_network(*_read(runner, har_path), har_path).layers]
+    return _weight_layers(hn_view.float_network(*_read(runner, har_path), har_path))
+
+
+def _weight_layers(net) -> list[str]:
+    return [layer.name for layer in net.layers if not isinstance(layer, Pool)]
 
 
 def optimize(har_path, out_har_path, calib: np.ndarray, cfg: OptimizeConfig, hw_arch: str) -> dict:
@@ -96,7 +100,7 @@ def optimize(har_path, out_har_path, calib: np.ndarray, cfg: OptimizeConfig, hw_
     runner = hailo_sdk.open_runner(sdk, har_path, hw_arch)
     hailo_sdk.expect_state(runner, (sdk.States.HAILO_MODEL,), har_path)
     net = hn_view.float_network(*_read(runner, har_path), har_path)
-    names = [d.name for d in net.layers]
+    names = _weight_layers(net)
     unknown = sorted(set(cfg.precision) - set(names))
     bad = {k: v for k, v in cfg.precision.items() if v not in PRECISION_MODES}
     if unknown or bad:  # the stage checks params.yaml first: this guards the Python API

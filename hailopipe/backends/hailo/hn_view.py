@@ -9,10 +9,12 @@ project's emulator wrote the HN:
 - a separate `activation` layer after a dense/conv layer (the SDK may split one off) is folded
   into the layer before it, whose `activation` it sets (`activation_layer` names it);
 - a kernel's shape is `params.kernel_shape` ([..., in, out]), or, without it, the layer's input and
-  output sizes.
+  output sizes; a pooling layer's `kernel_shape` ([1, kh, kw, 1]) is its window, not weights.
 
-`float_network` turns the chain into a `network.Network` (the model script is rendered from it) and
-`compile_report` into `formats.compile_report`'s layout, keyed by SDK name.
+`float_network` turns the chain into a `network.Network` (the model script is rendered from it): a
+`conv`, `dw`, `maxpool` or `avgpool` layer is read by `formats.hn`'s readers (the same checks as
+the emulator's HN reader), a dense layer takes any input shape, flattened.  `compile_report` turns
+it into `formats.compile_report`'s layout, keyed by SDK name.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ import numpy as np
 
 from hailopipe.errors import PipelineError
 from hailopipe.formats import compile_report as report_format
-from hailopipe.network import ACTIVATIONS, Dense, Network, Normalization
+from hailopipe.formats import hn as hn_format
+from hailopipe.network import ACTIVATIONS, Dense, Network, Normalization, output_shape
 
 KERNEL_TYPES = ("dense", "conv", "dw", "deconv")
+POOL_TYPES = ("maxpool", "avgpool")
 _QUANT_PARAM = re.compile(r"^\s*quantization_param\(\s*(\[[^\]]*\]|\{[^}]*\}|[^,]+),(.*)\)\s*$")
 
 
@@ -78,7 +82,7 @@ def layers(hn: dict, source) -> list[Layer]:
             continue
         if kind == "normalization":
             layer.kernel_shape = [layer.input_shape[-1]]
-        elif kind in KERNEL_TYPES or "kernel_shape" in params:
+        elif kind in KERNEL_TYPES or ("kernel_shape" in params and kind not in POOL_TYPES):
             layer.kernel_shape = [int(d) for d in params.get("kernel_shape") or
                                   [int(np.prod(layer.input_shape[1:])), layer.output_shape[-1]]]
         chain.append(layer)
@@ -91,28 +95,39 @@ def input_shape(hn: dict) -> tuple[int, ...]:
 
 
 def float_network(hn: dict, params: dict, source) -> Network:
-    """The float network the HN and params describe: an optional normalization, then dense layers."""
-    norm, dense = None, []
+    """The float network the HN and params describe: an optional normalization, then dense, conv,
+    dw and pooling layers (module docstring)."""
+    norm, net_layers = None, []
+    shape = input_shape(hn)
     for layer in layers(hn, source):
-        kernel, bias = params.get(f"{layer.name}/kernel:0"), params.get(f"{layer.name}/bias:0")
-        if layer.kernel_shape is None:
-            raise PipelineError(f"{source}: HN layer {layer.name} of type {layer.type} is not supported by the "
-                                "hailo backend (it handles normalization, dense and activation layers)")
-        if kernel is None or bias is None:
-            raise PipelineError(f"{source}: params {layer.name}/kernel:0 or bias:0 missing")
-        kernel, bias = np.asarray(kernel, np.float32), np.asarray(bias, np.float32)
-        if layer.type == "normalization":
-            if dense or norm is not None:
-                raise PipelineError(f"{source}: HN layer {layer.name}: a normalization only right after the input")
-            norm = Normalization(layer.sdk_name, kernel.reshape(-1), bias.reshape(-1))
-            continue
+        where = f"{source}: HN layer {layer.name}"
         if layer.activation not in ACTIVATIONS:
-            raise PipelineError(f"{source}: HN layer {layer.name}: activation {layer.activation!r} is not one of "
-                                f"{', '.join(ACTIVATIONS)}")
-        dense.append(Dense(layer.sdk_name, kernel.reshape(-1, kernel.shape[-1]), bias, layer.activation))
-    if not dense:
+            raise PipelineError(f"{where}: activation {layer.activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        if layer.type in hn_format.READERS and layer.type != "dense":
+            spec = dict(layer.spec.get("params") or {}, activation=layer.activation)
+            parsed = hn_format.READERS[layer.type](layer.sdk_name, spec, params, layer.name, shape, where)
+        elif layer.kernel_shape is None:
+            raise PipelineError(f"{where} of type {layer.type} is not supported by the hailo backend (it handles "
+                                "normalization, dense, conv, dw, maxpool, avgpool and activation layers)")
+        else:
+            kernel, bias = params.get(f"{layer.name}/kernel:0"), params.get(f"{layer.name}/bias:0")
+            if kernel is None or bias is None:
+                raise PipelineError(f"{source}: params {layer.name}/kernel:0 or bias:0 missing")
+            kernel, bias = np.asarray(kernel, np.float32), np.asarray(bias, np.float32)
+            if layer.type == "normalization":
+                if net_layers or norm is not None:
+                    raise PipelineError(f"{where}: a normalization only right after the input")
+                norm = Normalization(layer.sdk_name, kernel.reshape(-1), bias.reshape(-1))
+                continue
+            parsed = Dense(layer.sdk_name, kernel.reshape(-1, kernel.shape[-1]), bias, layer.activation)
+        try:
+            shape = output_shape(parsed, shape)
+        except ValueError as exc:
+            raise PipelineError(f"{where}: {str(exc).split(': ', 1)[-1]}") from None
+        net_layers.append(parsed)
+    if not any(layer.kernel_shape is not None and layer.type != "normalization" for layer in layers(hn, source)):
         raise PipelineError(f"{source}: the HN has no layer with weights")
-    return Network(hn.get("name", "net"), input_shape(hn), dense, normalization=norm)
+    return Network(hn.get("name", "net"), input_shape(hn), net_layers, normalization=norm)
 
 
 def precision_modes(script: str, names: list[str]) -> dict[str, str]:
@@ -131,7 +146,8 @@ def precision_modes(script: str, names: list[str]) -> dict[str, str]:
 def compile_report(hn: dict, script: str, source) -> dict:
     """`formats.compile_report`'s layout from the HN's shapes and the script's precision modes, a
     layer per SDK name: MACs and weight bytes for dense/conv and normalization (one product per
-    input value) layers; other layer types are listed with their type and no MACs."""
+    input value) layers, a comparison or addition per window value for pooling layers; other
+    layer types are listed with their type and no MACs."""
     chain = layers(hn, source)
     modes = precision_modes(script, [layer.sdk_name for layer in chain])
     entries = {}
@@ -139,7 +155,12 @@ def compile_report(hn: dict, script: str, source) -> dict:
         mode = modes[layer.sdk_name]
         w_bits = int(re.match(r"a\d+_w(\d+)", mode).group(1)) if re.match(r"a\d+_w\d+", mode) else 8
         extra = dict(layer.extra)
-        if layer.kernel_shape is None:
+        if layer.type in POOL_TYPES:  # as the emulator's report: a comparison or addition per window value
+            window = (layer.spec.get("params") or {}).get("kernel_shape") or [1, 1, 1, 1]
+            entry = report_format.layer(layer.input_shape[1:], layer.output_shape[1:],
+                                        int(np.prod(layer.output_shape[1:])) * int(np.prod(window)), 0, 0,
+                                        re.sub(r"_w\d+$", "", mode), layer.activation, **extra)
+        elif layer.kernel_shape is None:
             entry = report_format.layer(layer.input_shape[1:], layer.output_shape[1:], 0, 0, 0, mode, layer.activation,
                                         type=layer.type, **extra)
         elif layer.type == "normalization":
@@ -148,8 +169,11 @@ def compile_report(hn: dict, script: str, source) -> dict:
                                         layer.activation, **extra)
         else:
             fan_in, cout = int(np.prod(layer.kernel_shape[:-1])), int(layer.kernel_shape[-1])
-            positions = int(np.prod(layer.output_shape[1:-1])) if len(layer.output_shape) > 2 else 1
-            entry = report_format.layer([fan_in], [cout], fan_in * cout * positions, fan_in * cout * w_bits // 8,
-                                        cout * 4, mode, layer.activation, **extra)
+            spatial = layer.type != "dense" and len(layer.output_shape) == 4
+            positions = int(np.prod(layer.output_shape[1:-1])) if spatial else 1
+            shapes = (layer.input_shape[1:], layer.output_shape[1:]) if spatial else ([fan_in], [cout])
+            bias = (layer.output_shape[-1] if spatial else cout) * 4
+            entry = report_format.layer(*shapes, fan_in * cout * positions, fan_in * cout * w_bits // 8, bias, mode,
+                                        layer.activation, **extra)
         entries[layer.sdk_name] = entry
     return report_format.build(hn.get("name"), entries)

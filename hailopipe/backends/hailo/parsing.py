@@ -11,11 +11,12 @@ passes the `:0`-suffixed tensor names a Keras 3 export has (`serving_default_inp
      message's "Please try to parse the model again, using these end node names: a, b");
   3. if an attempt that named nodes fails without a recommendation, once more with none.
 
-Every attempt is logged, and the summary lists them.  A parse that kept fewer FULLY_CONNECTED
-layers than the TFLite file has, or whose output is not the logits' width, is refused: the rest
-would have to run on the host, which this pipeline does not do.  A Keras export with a dynamic
-batch writes Flatten as SHAPE -> STRIDED_SLICE -> PACK -> RESHAPE; exported with a fixed batch of 1
-it is one RESHAPE, the form parsers handle best (the error says so when that pattern is present).
+Every attempt is logged, and the summary lists them.  A parse that kept fewer layers with weights
+(FULLY_CONNECTED, CONV_2D, DEPTHWISE_CONV_2D) than the TFLite file has, or whose output is not the
+logits' width, is refused: the rest would have to run on the host, which this pipeline does not
+do.  A Keras export with a dynamic batch writes Flatten as SHAPE -> STRIDED_SLICE -> PACK ->
+RESHAPE; exported with a fixed batch of 1 it is one RESHAPE, the form parsers handle best (the
+error says so when that pattern is present).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from hailopipe.errors import PipelineError
 from hailopipe.formats import tflite
 
 log = logging.getLogger(__name__)
+WEIGHT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")
 _RECOMMENDED = re.compile(r"using these end node names:\s*(.+?)\s*(?:\n|$)", re.IGNORECASE)
 
 
@@ -42,7 +44,7 @@ class Graph:
     logits: str             # the graph output, or the input of a trailing SOFTMAX
     softmax: bool           # the graph ends in a SOFTMAX
     logits_width: int
-    dense_layers: int       # FULLY_CONNECTED ops
+    weight_layers: int      # FULLY_CONNECTED, CONV_2D and DEPTHWISE_CONV_2D ops
     dynamic_flatten: bool   # Flatten written as SHAPE -> STRIDED_SLICE -> PACK -> RESHAPE
 
 
@@ -56,7 +58,7 @@ def read_graph(path) -> Graph:
     ops, shape = tflite.op_names(path)
     dynamic = all(op in ops for op in ("SHAPE", "STRIDED_SLICE", "PACK", "RESHAPE"))
     return Graph(input_name, logits, bool(ops) and ops[-1] == "SOFTMAX", int(np.prod(shape[1:])),
-                 ops.count("FULLY_CONNECTED"), dynamic)
+                 sum(ops.count(op) for op in WEIGHT_OPS), dynamic)
 
 
 def recommended_end_nodes(exc: Exception) -> list[str]:
@@ -123,13 +125,13 @@ def _give_up(path, attempts: list[dict], graph: Graph) -> PipelineError:
 
 
 def _check_complete(path, hn: dict, graph: Graph, end) -> None:
-    """Refuse a parse that lost dense layers or does not end at the logits."""
+    """Refuse a parse that lost layers with weights or does not end at the logits."""
     layers = hn_view.layers(hn, path)
     kernels = [layer for layer in layers if layer.kernel_shape is not None and layer.type != "normalization"]
     width = int(np.prod(layers[-1].output_shape[1:])) if layers else 0
-    if len(kernels) != graph.dense_layers or width != graph.logits_width:
+    if len(kernels) != graph.weight_layers or width != graph.logits_width:
         raise PipelineError(
             f"{path}: the Dataflow Compiler parsed the model only up to {_nodes(end)}: {len(kernels)} of "
-            f"{graph.dense_layers} dense layers, output width {width} instead of the logits' "
+            f"{graph.weight_layers} layers with weights, output width {width} instead of the logits' "
             f"{graph.logits_width}; the rest would have to run on the host, which this pipeline does not do"
             f"{_hint(graph)}")

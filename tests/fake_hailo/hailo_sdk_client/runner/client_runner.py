@@ -87,11 +87,18 @@ def _graph(path) -> dict:
             "all": {_node(g.Tensors(i).Name().decode()) for i in range(g.TensorsLength())}}
 
 
+# Float ops the stand-in parses (hailopipe's tflite reader: layers with weights, pooling, the flatten,
+# a separate RELU, MUL/ADD folded into the layer before), and those whose output may be an end node.
+PARSED = ("RESHAPE", "FULLY_CONNECTED", "RELU", "CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D",
+          "MEAN", "MUL", "ADD")
+END_OPS = ("FULLY_CONNECTED", "RELU", "CONV_2D", "DEPTHWISE_CONV_2D")
+
+
 def _unsupported(ops) -> int | None:
     """Index of the first float op the stand-in's parser (hailopipe's tflite reader) cannot take."""
     for i, (code, _, is_float) in enumerate(ops):
         last = i == len(ops) - 1
-        if is_float and code not in ("RESHAPE", "FULLY_CONNECTED", "RELU") and not (code == "SOFTMAX" and last):
+        if is_float and code not in PARSED and not (code == "SOFTMAX" and last):
             return i
     return None
 
@@ -202,12 +209,12 @@ class ClientRunner:
         for name in start_node_names or []:
             if name not in g["inputs"]:
                 raise HailoSDKError(f"start node {name!r} is not an input tensor of {model_path} ({list(g['inputs'])})")
-        fc_outputs = [outs[0] for code, outs, _ in g["ops"] if code in ("FULLY_CONNECTED", "RELU")]
+        fc_outputs = [outs[0] for code, outs, _ in g["ops"] if code in END_OPS]
         for name in end_node_names or []:
             if name not in g["all"]:
                 raise HailoSDKError(f"end node {name!r} is not a tensor of {model_path}")
             if name not in fc_outputs:
-                raise FakeLimitation(f"the stand-in ends only at a FULLY_CONNECTED (or its RELU) output, not {name!r}")
+                raise FakeLimitation(f"the stand-in ends only at a layer with weights (or its RELU), not {name!r}")
         for name, shape in (tensor_shapes or {}).items():
             want = g["inputs"].get(name)
             if name not in (start_node_names or []) or want is None or list(shape)[1:] != want[1:] or len(shape) != 4:
@@ -216,7 +223,7 @@ class ClientRunner:
         stop = next((i for i, (_, outs, _) in enumerate(g["ops"]) if end in outs), len(g["ops"]))
         bad = _unsupported(g["ops"][:stop + 1])
         if bad is not None:
-            before = [outs[0] for code, outs, _ in g["ops"][:bad] if code in ("FULLY_CONNECTED", "RELU")][-1:]
+            before = [outs[0] for code, outs, _ in g["ops"][:bad] if code in END_OPS][-1:]
             code, outs, _ = g["ops"][bad]
             raise ParsingWithRecommendationException(
                 f"Parsing failed. The errors found in the graph are:\n UnsupportedOperationError in op {outs[0]}: "
@@ -228,8 +235,6 @@ class ClientRunner:
             net = _read_until(model_path, g, end, net_name)
         except PipelineError as exc:
             raise HailoSDKError(f"Parsing failed: {exc}") from None
-        for i, layer in enumerate(net.layers, 1):
-            layer.name = f"fc{i}"  # the DFC's names for dense layers
         self._net, self._state = net, States.HAILO_MODEL
         return self._hn(), dict(hn.weights(self._net))
 
