@@ -1,11 +1,13 @@
 """Accuracy of this project's int8 optimizer against TensorFlow Lite's full-integer post-training quantization.
 
     MNIST_NPZ=/work/shared/data/mnist.npz python bench/quant_vs_tflite.py \\
-        [--hidden 64,32 256,128 1024,512] [--calib 64 256 2000] [--epochs N] [--cache DIR]
+        [--hidden 64,32 256,128 1024,512] [--cnn 8,16,16 16,32,32] [--calib 64 256 2000] [--epochs N]
+        [--cache DIR]
 
-For each network size, one Keras model is trained with `hailopipe.model.train` (params.yaml's `train`
-settings, hidden sizes and epochs overridden; cached in --cache as model.h5 + model.tflite, so a
-re-run does not retrain).  For each calibration size N, both quantizers get the same trained model
+For each network, one Keras model is trained with `hailopipe.model.train` (params.yaml's `train`
+settings, with the dense hidden sizes of --hidden, or `train.arch: cnn` with the conv filters of
+--cnn, and the epochs overridden; cached in --cache as model.h5 + model.tflite, so a re-run does
+not retrain).  For each calibration size N, both quantizers get the same trained model
 and the same calibration images, the first N validation images (the pipeline's default selection):
 
   ours    the pipeline's own path on the emulator backend: parse the float .tflite -> optimize with
@@ -21,7 +23,9 @@ held-out validation images plus the 60,000 training images (seven times the imag
 of a few predictions are less of a coin toss): how many predictions differ from the float model's,
 and the logit SNR (dB, as `hailopipe.quantization.noise`).  Column `L<level>+a16` is ours with the output layer
 at a16_w16 (Hailo's usual remedy; not int8, so not part of the comparison).  The last line checks
-the default model (params.yaml's training and optimize settings): int8 accuracy >= float - 0.05 pp.
+the default model (params.yaml's training and optimize settings): int8 accuracy >= float - 0.05 pp;
+and, with --cnn, the CNN targets: float accuracy >= 99.0 %, compiled int8 within 0.1 pp of float,
+and ours >= TFLite in every cell of the first accuracy table.
 TensorFlow is imported here, never by the pipeline's optimize stage.
 """
 
@@ -44,6 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hailopipe import backends, data, evaluate, model
 from hailopipe.errors import setup_logging
+from hailopipe.formats import tflite
+from hailopipe.network import Pool
 from hailopipe.quantization import noise
 from stages import params
 from stages.optimize import config
@@ -52,9 +58,16 @@ log = logging.getLogger("bench")
 LEVELS = (0, 1, 2)
 
 
+def name(cfg: model.TrainConfig) -> str:
+    """784-256-128-10 for a dense network, cnn-8-16-16-10 for a CNN (its conv filters, head, output)."""
+    if cfg.arch == "cnn":
+        return "cnn-" + "-".join(map(str, (*cfg.conv, *cfg.head, 10)))
+    return "784-" + "-".join(map(str, cfg.hidden)) + "-10"
+
+
 def trained(cfg: model.TrainConfig, arrays, cache: Path) -> Path:
     """Directory with model.h5 and model.tflite of `cfg`, trained once and cached."""
-    out = cache / f"h{'-'.join(map(str, cfg.hidden))}_e{cfg.epochs}_s{cfg.seed}_d{cfg.dropout}_lr{cfg.learning_rate}"
+    out = cache / f"{name(cfg)}_e{cfg.epochs}_s{cfg.seed}_d{cfg.dropout}_lr{cfg.learning_rate}_b{cfg.batch_size}"
     if not (out / "model.tflite").is_file():
         t = time.time()
         net, _ = model.train(cfg, data.to_float(arrays["x_train"]), arrays["y_train"],
@@ -100,7 +113,9 @@ def ours_logits(tfl: Path, calib: np.ndarray, x, cfg, work: Path) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--hidden", nargs="+", default=["64,32", "256,128", "1024,512"])
+    ap.add_argument("--hidden", nargs="*", default=["64,32", "256,128", "1024,512"], help="dense hidden sizes")
+    ap.add_argument("--cnn", nargs="*", default=["8,16,16", "16,32,32"],
+                    help="CNN conv filters (params.yaml's kernel and head)")
     ap.add_argument("--calib", nargs="+", type=int, default=[64, 256, 2000])
     ap.add_argument("--epochs", type=int, default=None, help="default: params.yaml train.epochs")
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "hailopipe-bench-models"))
@@ -112,15 +127,19 @@ def main() -> None:
     base = model.TrainConfig(hidden=tuple(p.int_list("train.hidden")), activation=p.str("train.activation"),
                              dropout=p.float("train.dropout"), epochs=p.int("train.epochs"),
                              batch_size=p.int("train.batch_size"), learning_rate=p.float("train.learning_rate"),
-                             seed=p.int("train.seed"))
+                             seed=p.int("train.seed"), kernel=p.int("train.kernel"),
+                             head=tuple(p.int_list("train.head")))
     default_level = p.int("optimize.optimization_level")
     arrays = data.load_split("data/mnist.npz") if Path("data/mnist.npz").is_file() else _official()
     x, y = data.to_float(arrays["x_val"]), arrays["y_val"]
     x_all = np.concatenate([x, data.to_float(arrays["x_train"])])  # fidelity is also measured on the training images
     cache = Path(args.cache)
     default_n = p.int("calibration.size")
-    jobs = {replace(base, hidden=tuple(int(v) for v in h.split(",")), epochs=args.epochs or base.epochs): list(args.calib)
+    epochs = args.epochs or base.epochs
+    jobs = {replace(base, hidden=tuple(int(v) for v in h.split(",")), epochs=epochs): list(args.calib)
             for h in args.hidden}
+    jobs.update({replace(base, arch="cnn", conv=tuple(int(v) for v in c.split(",")), epochs=epochs): list(args.calib)
+                 for c in args.cnn})
     if default_n not in jobs.setdefault(base, []):
         jobs[base].append(default_n)  # the default model at its own calibration size, for the check at the end
     rows, t0 = [], time.time()
@@ -128,7 +147,8 @@ def main() -> None:
         for tc, sizes in jobs.items():
             d = trained(tc, arrays, cache)
             fl = evaluate.tflite_logits(d / "model.tflite", x_all)
-            layers = [f"fc{i}" for i in range(1, len(tc.hidden) + 2)]
+            layers = [layer.name for layer in tflite.read(d / "model.tflite", "mnist").layers
+                      if not isinstance(layer, Pool)]
             for n in sizes:
                 cfg_n = config(p, n, layers, backends.get("emulator", "optimize").PRECISION_MODES)
                 calib = x[:n]
@@ -139,7 +159,7 @@ def main() -> None:
                 out16 = replace(cfg_n, precision={**cfg_n.precision, layers[-1]: "a16_w16"})
                 runs[f"L{default_level}+a16"] = ours_logits(d / "model.tflite", calib, x_all, out16, Path(tmp))
                 rows.append((tc, n, fl, runs))
-                log.info("bench: %s N=%d done (%.0f s)", "-".join(map(str, tc.hidden)), n, time.time() - t0)
+                log.info("bench: %s N=%d done (%.0f s)", name(tc), n, time.time() - t0)
     print_tables(rows, y, default_level, base, default_n)
 
 
@@ -159,7 +179,7 @@ def print_tables(rows, y, default_level, base, default_n) -> None:
         for tc, n, fl, runs in rows:
             v = {k: value(logits, fl, n) for k, logits in runs.items()}
             first = f"{value(fl, fl, n):7.2f} " if with_float else ""
-            print(f"{'784-' + '-'.join(map(str, tc.hidden)) + '-10':>16} {tc.epochs:>6} {n:>5} {first}"
+            print(f"{name(tc):>16} {tc.epochs:>6} {n:>5} {first}"
                   + " ".join(f"{v[k]:8{fmt}}" for k in names) + f"  {v[ours] - v['TFLite']:+{fmt}}")
 
     def acc(held):
@@ -176,9 +196,20 @@ def print_tables(rows, y, default_level, base, default_n) -> None:
     for tc, n, fl, runs in rows:
         if tc == base and n == default_n:
             f_acc, q_acc = (100 * (a[:len(y)].argmax(1) == y).mean() for a in (fl, runs[ours]))
-            print(f"\nDefault model (params.yaml: {'-'.join(map(str, tc.hidden))}, {tc.epochs} epochs, N={n}, "
+            print(f"\nDefault model (params.yaml: {name(tc)}, {tc.epochs} epochs, N={n}, "
                   f"level {default_level}): float {f_acc:.2f} %, int8 compiled {q_acc:.2f} %, drop "
                   f"{f_acc - q_acc:+.2f} pp (target <= 0.05 pp): {'met' if f_acc - q_acc <= 0.05 + 1e-9 else 'NOT met'}")
+    cnn = [(tc, n, fl, runs) for tc, n, fl, runs in rows if tc.arch == "cnn"]
+    for tc in dict.fromkeys(tc for tc, *_ in cnn):
+        cells = [(n, *(100 * (a[:len(y)].argmax(1) == y).mean() for a in (fl, runs[ours], runs["TFLite"])))
+                 for t, n, fl, runs in cnn if t == tc]
+        f_acc = cells[0][1]
+        worst = max(f - o for _, f, o, _ in cells)
+        beats = all(o >= t for _, _, o, t in cells)
+        print(f"CNN {name(tc)} ({tc.epochs} epochs, level {default_level}): float {f_acc:.2f} % (target >= 99.00: "
+              f"{'met' if f_acc >= 99.0 else 'NOT met'}); largest drop of the compiled int8 {worst:+.2f} pp over N = "
+              f"{', '.join(str(c[0]) for c in cells)} (target <= 0.10: {'met' if worst <= 0.1 + 1e-9 else 'NOT met'}); "
+              f"ours >= TFLite in every cell: {'met' if beats else 'NOT met'}")
 
 
 if __name__ == "__main__":

@@ -20,8 +20,10 @@ its largest entry, about float32's 24), so any kernel, blocking and thread count
 result.  What remains is elementwise or a reduction whose order TensorFlow fixes (op determinism,
 `keras.utils.set_random_seed`, a pinned thread pool); `pin_cpu()` also pins oneDNN to AVX2 for
 any op still routed through it.  The cost is about 2x the training time of float32 Dense layers.
-The CNN trains the same way: `ExactConv2D` is its im2col patches (slices of the padded input, no
-arithmetic) times the kernel through the same exact product, and `ExactBatchNorm` sums its batch
+The CNN trains the same way: `ExactConv2D` puts its input (padded for `same`) and kernel on the
+grids of that product, for the number of products each output sums, and runs TensorFlow's float64
+convolution and its two gradient convolutions on them (every partial sum an integer below 2^52,
+hence exact in any order), and `ExactBatchNorm` sums its batch
 statistics and their gradients on a fixed-point grid (exact in float64) and uses only correctly
 rounded operations (TensorFlow's `rsqrt`, which `keras.layers.BatchNormalization` uses, is an
 approximation whose last bits differ between CPU vendors).  Trained, the weights are copied into a
@@ -140,12 +142,10 @@ def _exact_ops():
         t_int, scale = grid(t, 52 - exponent(tf.cast(tf.shape(t)[0], tf.float64)))
         return tf.reduce_sum(t_int, axis=0) / scale
 
-    def affine(x, w, b, conv=False):
+    def affine(x, w, b):
         """x @ w + b, its products (and their gradients) exact_matmul; w and b are read first (a
-        custom gradient must not read variables itself, which eager mode refuses).  A conv's bias
-        gradient sums the N H W rows of dy with exact_colsum, whose one grid keeps more bits than a
-        product by a row of ones (which gives half of them to the ones)."""
-        return (_conv_affine if conv else _affine)(x, tf.identity(w), tf.identity(b))
+        custom gradient must not read variables itself, which eager mode refuses)."""
+        return _affine(x, tf.identity(w), tf.identity(b))
 
     def _forward(x, w, b):
         x64, w64 = tf.cast(x, tf.float64), tf.cast(w, tf.float64)
@@ -164,18 +164,6 @@ def _exact_ops():
 
         return y, grad
 
-    @tf.custom_gradient
-    def _conv_affine(x, w, b):
-        x64, w64, y = _forward(x, w, b)
-
-        def grad(dy):
-            dy64 = tf.cast(dy, tf.float64)
-            return (tf.cast(exact_matmul(dy64, tf.transpose(w64)), tf.float32),
-                    tf.cast(exact_matmul(tf.transpose(x64), dy64), tf.float32),
-                    tf.cast(exact_colsum(dy64), tf.float32))
-
-        return y, grad
-
     class ExactDense(keras.layers.Layer):
         """keras.layers.Dense whose products (and their gradients) are exact_matmul."""
 
@@ -191,9 +179,40 @@ def _exact_ops():
         def call(self, x):
             return self.activation(affine(x, self.kernel, self.bias))
 
+    def room(count):
+        """The bits two gridded operands share when `count` of their products are summed: each sum < 2^52."""
+        return 52 - exponent(tf.cast(count, tf.float64))
+
+    @tf.custom_gradient
+    def _conv(x, w, b):
+        """VALID stride-1 conv of the padded NHWC `x` by `w` [k, k, cin, cout] + b, its three products
+        (and their gradients) on integer grids in float64 (exact_matmul's bound, for the number of
+        products each output sums: k k cin forward, k k cout for dx, N Ho Wo for dw and db), so
+        TensorFlow's convolution kernels, whatever their blocking, give the one exact result."""
+        k, _, _, cout = w.shape
+        x64, w64 = tf.cast(x, tf.float64), tf.cast(w, tf.float64)
+        r = room(k * k * w.shape[2])
+        x_int, s_x = grid(x64, r - r // 2)
+        w_int, s_w = grid(w64, r // 2)
+        y = tf.cast(tf.nn.conv2d(x_int, w_int, 1, "VALID") / (s_x * s_w) + tf.cast(b, tf.float64), tf.float32)
+
+        def grad(dy):
+            dy64 = tf.cast(dy, tf.float64)
+            r1 = room(k * k * cout)
+            d_int, s_d = grid(dy64, r1 - r1 // 2)
+            w1_int, s_w1 = grid(w64, r1 // 2)
+            dx = tf.nn.conv2d_transpose(d_int, w1_int, tf.shape(x), 1, "VALID") / (s_d * s_w1)
+            r2 = room(tf.size(dy) // cout)
+            d2_int, s_d2 = grid(dy64, r2 - r2 // 2)
+            x2_int, s_x2 = grid(x64, r2 // 2)
+            dw = tf.compat.v1.nn.conv2d_backprop_filter(x2_int, tf.shape(w), d2_int, [1, 1, 1, 1], "VALID")
+            return (tf.cast(dx, tf.float32), tf.cast(dw / (s_d2 * s_x2), tf.float32),
+                    tf.cast(exact_colsum(tf.reshape(dy64, [-1, cout])), tf.float32))
+
+        return y, grad
+
     class ExactConv2D(keras.layers.Layer):
-        """keras.layers.Conv2D (stride 1, `same` or `valid`, square kernel) as patches @ kernel through
-        `affine`: the patches are slices of the padded input, in the kernel's [kh, kw, cin] order."""
+        """keras.layers.Conv2D (stride 1, `same` or `valid`, square kernel) through `_conv`."""
 
         def __init__(self, filters, kernel_size, padding="valid", **kwargs):
             super().__init__(**kwargs)
@@ -209,11 +228,7 @@ def _exact_ops():
             k = self.size
             if self.padding == "same":  # TensorFlow's SAME at stride 1: the odd pixel at the end
                 x = tf.pad(x, [[0, 0], [(k - 1) // 2, k // 2], [(k - 1) // 2, k // 2], [0, 0]])
-            oh, ow = x.shape[1] - k + 1, x.shape[2] - k + 1
-            cols = tf.concat([x[:, i:i + oh, j:j + ow, :] for i in range(k) for j in range(k)], axis=-1)
-            y = affine(tf.reshape(cols, [-1, k * k * self.cin]),
-                       tf.reshape(self.kernel, [k * k * self.cin, self.filters]), self.bias, conv=True)
-            return tf.reshape(y, [-1, oh, ow, self.filters])
+            return _conv(x, tf.identity(self.kernel), tf.identity(self.bias))
 
     class ExactBatchNorm(keras.layers.Layer):
         """keras.layers.BatchNormalization (last axis; its weights, momentum and epsilon) whose batch
@@ -244,12 +259,14 @@ def _exact_ops():
                 return (x - self.moving_mean) / tf.sqrt(self.moving_variance + self.epsilon) * self.gamma + self.beta
             eps, shape, channels = tf.constant(self.epsilon, tf.float64), tf.shape(x), x.shape[-1]
 
+            x2 = tf.reshape(tf.cast(tf.stop_gradient(x), tf.float64), [-1, channels])
+            mean, centred, var = self.moments(x2)  # once: for the output and the moving statistics
+            inv = 1.0 / tf.sqrt(var + eps)
+            xhat = centred * inv
+
             @tf.custom_gradient
-            def normalize(x, gamma, beta):
-                x2 = tf.reshape(tf.cast(x, tf.float64), [-1, channels])
-                _, centred, var = self.moments(x2)
-                inv = 1.0 / tf.sqrt(var + eps)
-                xhat, g64 = centred * inv, tf.cast(gamma, tf.float64)
+            def normalize(x, gamma, beta):  # x's gradient is grad's: xhat above holds no path to it
+                g64 = tf.cast(gamma, tf.float64)
                 y = tf.reshape(tf.cast(xhat * g64 + tf.cast(beta, tf.float64), tf.float32), shape)
 
                 def grad(dy):
@@ -262,7 +279,6 @@ def _exact_ops():
 
                 return y, grad
 
-            mean, _, var = self.moments(tf.reshape(tf.cast(tf.stop_gradient(x), tf.float64), [-1, channels]))
             keep = 1 - self.momentum
             self.moving_mean.assign(self.moving_mean * self.momentum + tf.cast(mean, tf.float32) * keep)
             self.moving_variance.assign(self.moving_variance * self.momentum + tf.cast(var, tf.float32) * keep)

@@ -220,3 +220,24 @@ def test_a_failed_experiment_breaks_nothing(repo, value, message):
     assert ran_stages(p) == set() and time.perf_counter() - start < 10, p.stdout
     assert _outputs(repo) == before and run(repo, "git", "status", "--porcelain").stdout == ""
 
+
+
+def test_cnn_experiment_runs_every_stage(repo):
+    """`dvc exp run -S train.arch=cnn` on a finished dense pipeline (a narrower CNN than the default,
+    one epoch at a higher learning rate): it re-runs from train on, and every stage's outputs
+    describe the CNN."""
+    run(repo, "dvc", "repro")
+    p = run(repo, "dvc", "exp", "run", "-S", "train.arch=cnn", "-S", "train.conv=[4,8,8]",
+            "-S", "train.learning_rate=0.01")
+    assert ran_stages(p) == {"check_params", "train", "parse", "optimize", "analyze_noise", "compile", "evaluate"}
+    m = json.loads((repo / "metrics/evaluate.json").read_text())
+    for kind in ("float", "quantized", "compiled"):
+        assert 0.8 < m[kind]["accuracy"] <= 1.0, m
+    assert m["compiled"]["disagree_with_quantized"] == 0
+    report = json.loads((repo / "metrics/compile.json").read_text())["layers"]
+    assert list(report) == ["normalization1", "conv1", "maxpool1", "conv2", "maxpool2", "conv3", "fc1"]
+    assert report["conv2"]["output_shape"] == [12, 12, 8] and report["conv2"]["macs"] == 12 * 12 * 8 * 3 * 3 * 4
+    snr = json.loads((repo / "metrics/noise.json").read_text())["layers"]
+    assert {"conv1", "conv2", "conv3", "fc1"} <= set(snr) and all(v["snr_db"] > 10 for k, v in snr.items()
+                                                                   if k.startswith(("conv", "fc")))
+    assert ran_stages(run(repo, "dvc", "repro")) == set()
