@@ -1,9 +1,10 @@
 """Benchmark the integer engine against TensorFlow Lite's int8 interpreter, side by side.
 
     MNIST_NPZ=../shared/data/mnist.npz python bench/engine_speed.py [--nets 128x64,256x128,512x256]
-        [--repeats 15] [--singles 1000] [--train-images 20000] [--epochs 1]
+        [--cnn 8,16,16] [--repeats 15] [--singles 1000] [--train-images 20000] [--epochs 1]
 
-For each network 784-H1-H2-10: build it with the project's Keras builder (`model.build`, no
+For each network, 784-H1-H2-10 (--nets) and Hailo's MNIST CNN with the conv filters of --cnn
+(`train.arch: cnn`): build it with the project's Keras builder (`model.build`, no
 dropout), train it briefly (seeded), export the float TFLite model and read it back with the
 project's parser (`tflite.read`), so both sides start from the same float weights.  Then
 
@@ -55,18 +56,33 @@ from hailopipe.engine import Engine
 from hailopipe.formats import tflite
 from hailopipe.quantization import optimizer
 from hailopipe.quantization.config import OptimizeConfig
-from tests.test_engine import reference  # (the independent int64 reference)
+from tests.test_engine_cnn_avx2 import reference  # (the independent int64 reference, dense and CNN)
 
 CALIB = 2000  # calibration images: the first N validation images, as the pipeline's default
 SETTLE = 0.25  # seconds of pause before each side's round: the other side's worker threads spin idle a while
 INNER = 3  # timed batched calls per round, after one untimed call
 
 
-def train_float(hidden, x_train, y_train, x_val, y_val, epochs: int, workdir: Path):
+def net_name(cfg: model.TrainConfig) -> str:
+    if cfg.arch == "cnn":
+        return "cnn-" + "-".join(map(str, (*cfg.conv, 10)))
+    return "784-" + "-".join(map(str, cfg.hidden)) + "-10"
+
+
+def cpu_flags() -> str:
+    """The CPU's int8-relevant instruction sets, as /proc/cpuinfo lists them."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next((line for line in f if line.startswith("flags")), "").split())
+    except OSError:
+        return "unknown"
+    return " ".join(f for f in ("avx2", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags) or "none of avx2/vnni/amx"
+
+
+def train_float(cfg: model.TrainConfig, x_train, y_train, x_val, y_val, workdir: Path):
     """The Keras model, briefly trained, and the project's Network read back from its float TFLite."""
-    cfg = model.TrainConfig(hidden=tuple(hidden), dropout=0.0, epochs=epochs)
     keras_model, _ = model.train(cfg, x_train, y_train, x_val, y_val)
-    path = workdir / ("mnist_" + "x".join(map(str, hidden)) + ".tflite")
+    path = workdir / (net_name(cfg) + ".tflite")
     path.write_bytes(model.tflite_bytes(keras_model))
     return keras_model, tflite.read(path, "mnist")
 
@@ -175,12 +191,12 @@ def singles(fns: dict, x: np.ndarray, repeats: int) -> dict[str, tuple[float, fl
     return best
 
 
-def bench_net(hidden, arrays, args, workdir: Path) -> dict:
+def bench_net(cfg: model.TrainConfig, arrays, args, workdir: Path) -> dict:
     x_train = data.to_float(arrays["x_train"][:args.train_images])
     y_train = arrays["y_train"][:args.train_images]
     x_val, y_val = data.to_float(arrays["x_test"]), arrays["y_test"]
     calib = x_val[:CALIB]
-    keras_model, net = train_float(hidden, x_train, y_train, x_val, y_val, args.epochs, workdir)
+    keras_model, net = train_float(cfg, x_train, y_train, x_val, y_val, workdir)
     blob = tflite_int8(keras_model, calib)
     qnet = optimizer.quantize_network(net, arrays["x_test"][:CALIB, ..., None].astype(np.float32),  # raw pixels
                                       OptimizeConfig(calib_size=CALIB))
@@ -200,7 +216,7 @@ def bench_net(hidden, arrays, args, workdir: Path) -> dict:
     rate_rand, _, _ = batched({"ours": ours.run, "lite": lite_batch}, q_rand, args.repeats)
     lat = singles({"ours": ours.run, "lite": lite_one}, q_val[:args.singles], args.repeats)
     extra = peak_extra_bytes(lambda: ours.run(q_val))
-    return {"name": "784-" + "-".join(map(str, hidden)) + "-10", "kernel": ours.kernel, "rate": rate, "cpu_rate": cpu_rate,
+    return {"name": net_name(cfg), "kernel": ours.kernel, "rate": rate, "cpu_rate": cpu_rate,
             "rounds": rounds, "rate_rand": rate_rand, "lat": lat,
             "extra": extra, "io": q_val.nbytes + len(q_val) * ours.out_features * ours.output_dtype.itemsize,
             "acc_ours": float((out_ours.argmax(1) == y_val).mean()), "acc_lite": float((out_lite.argmax(1) == y_val).mean()),
@@ -209,7 +225,8 @@ def bench_net(hidden, arrays, args, workdir: Path) -> dict:
 
 def print_table(rows: list[dict], args) -> None:
     print(f"\nEngine vs TFLite int8 (LiteRT, XNNPACK, 2 threads); 10k validation images; best of {args.repeats} "
-          f"rounds on a shared {os.cpu_count()}-core machine; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+          f"rounds on a shared {os.cpu_count()}-core machine; CPU flags: {cpu_flags()}; "
+          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
     head = (f"{'network':<17}{'kernel':<7}{'batch Mimg/s ours':>18}{'TFLite':>8}{'ratio':>7}{'numpy':>7} |"
             f"{'per CPU-s ours':>15}{'TFLite':>8}{'ratio':>7} |"
             f"{'1-image us ours':>16}{'(p99)':>8}{'TFLite':>8}{'(p99)':>8}{'ratio':>7} |"
@@ -243,7 +260,8 @@ def print_table(rows: list[dict], args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--nets", default="128x64,256x128,512x256", help="hidden sizes, e.g. 128x64,512x256")
+    ap.add_argument("--nets", default="128x64,256x128,512x256", help="hidden sizes, e.g. 128x64,512x256 ('' for none)")
+    ap.add_argument("--cnn", default="8,16,16", help="CNN conv filters, e.g. 8,16,16 ('' for none)")
     ap.add_argument("--repeats", type=int, default=15, help="rounds per measurement; the best is reported")
     ap.add_argument("--singles", type=int, default=1000, help="images per single-image round")
     ap.add_argument("--train-images", type=int, default=20000, help="training images for the brief training")
@@ -254,14 +272,23 @@ def main() -> None:
     if not os.environ.get("MNIST_NPZ") and not (Path.home() / ".keras/datasets/mnist.npz").exists():
         sys.exit("error: set MNIST_NPZ to a local mnist.npz (no internet here)")
     try:
-        hiddens = [tuple(int(h) for h in spec.split("x")) for spec in args.nets.split(",")]
+        cfgs = [model.TrainConfig(hidden=tuple(int(h) for h in spec.split("x")), dropout=0.0, epochs=args.epochs)
+                for spec in args.nets.split(",") if spec]
     except ValueError:
         sys.exit(f"error: --nets {args.nets!r}: expected hidden sizes like 128x64,512x256")
+    try:
+        conv = tuple(int(c) for c in args.cnn.split(",")) if args.cnn else ()
+        model.cnn_blocks(conv, 3)
+    except ValueError:
+        sys.exit(f"error: --cnn {args.cnn!r}: expected conv filters like 8,16,16 that fit a 28x28 image")
+    if conv:
+        # a higher learning rate than params.yaml's: the brief training then reaches a usual accuracy
+        cfgs.append(model.TrainConfig(arch="cnn", conv=conv, dropout=0.0, epochs=args.epochs, learning_rate=0.01))
     arrays = data.load_official()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
-        for hidden in hiddens:
-            rows.append(bench_net(hidden, arrays, args, Path(tmp)))
+        for cfg in cfgs:
+            rows.append(bench_net(cfg, arrays, args, Path(tmp)))
             print(f"done {rows[-1]['name']}", file=sys.stderr)
     print_table(rows, args)
     if not all(r["exact"] for r in rows):

@@ -53,6 +53,7 @@ from hailopipe.network import Pool
 from hailopipe.quantization import noise
 from stages import params
 from stages.optimize import config
+from stages.train import config as train_config
 
 log = logging.getLogger("bench")
 LEVELS = (0, 1, 2)
@@ -124,11 +125,7 @@ def main() -> None:
     log.setLevel(logging.INFO)
     model._quiet_tensorflow()
     p = params.load()
-    base = model.TrainConfig(hidden=tuple(p.int_list("train.hidden")), activation=p.str("train.activation"),
-                             dropout=p.float("train.dropout"), epochs=p.int("train.epochs"),
-                             batch_size=p.int("train.batch_size"), learning_rate=p.float("train.learning_rate"),
-                             seed=p.int("train.seed"), kernel=p.int("train.kernel"),
-                             head=tuple(p.int_list("train.head")))
+    base = replace(train_config(p), arch="dense")  # params.yaml's training settings, checked as the stage checks them
     default_level = p.int("optimize.optimization_level")
     arrays = data.load_split("data/mnist.npz") if Path("data/mnist.npz").is_file() else _official()
     x, y = data.to_float(arrays["x_val"]), arrays["y_val"]

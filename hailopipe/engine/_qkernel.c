@@ -33,6 +33,19 @@
  * per-channel constants m0, 2^(e-1) and e are stored by engine.py in the order c0 c2 c4 c6 c1 c3 c5 c7
  * within each group of 8, so that each is one load.
  *
+ * Spatial layers (a convolutional network: conv, max pool, then dense layers after the flatten):
+ * an image is H x W positions of `ldi` stored int16 channels, position-major (NHWC).  A conv layer
+ * gathers, for CH output positions at a time, the kh x kw taps of each into one patch row of Kp
+ * (im2col: the kernel's [kh, kw, cin] order, a pad's value `pad`, zeros to Kp) and runs them
+ * through `layer` as rows of a dense layer of the conv's kernel matrix; a pad stored as z_x - s
+ * is the real 0 of SAME padding (0 itself for 8-bit inputs, whose products are skipped).  A max
+ * pool takes the largest stored value of each window, 16 channels per instruction: exact, for
+ * max commutes with the shift by s (a pool keeps its input's qparams); its SAME pads hold the
+ * smallest stored value, never above a real input.  The first dense layer after them reads each
+ * image's positions x C channels as one row (the flatten, compacted from the padded channels).
+ * A chunk is then `ch_imgs` images (so that its largest buffer stays near CH rows of the widest
+ * dense layer), and the network's output, if spatial, is stored as positions x C.
+ *
  * Rows are processed in chunks of CH: a chunk runs through every layer while its activations (int16,
  * at most CH x widest layer) stay in cache, so the memory used beyond the caller's input and output
  * arrays is two such buffers and the pair lists, per thread.  Chunks are shared among `nthreads`
@@ -57,7 +70,15 @@ typedef struct {
     const int64_t *m0, *rnd, *shift;    /* [Cp], even/odd order, see above */
     int32_t add, lo, hi; /* stored output = clamp(((acc m0 + 2^(e-1)) >> e) + add, lo, hi) */
     int32_t in_sub;      /* layer 0 only: stored input = q - in_sub */
+    /* Convolutional networks (see "Spatial layers" above); a dense layer has kind DENSE, the rest 0. */
+    int32_t kind;                /* DENSE, CONV or MAXPOOL */
+    int32_t H, W, Ci, ldi;       /* input image: H x W positions of ldi int16 (Ci true channels) */
+    int32_t OH, OW;              /* output positions */
+    int32_t kh, kw, sh, sw, dh, dw, pt, pl; /* window, strides, dilations, top/left pads */
+    int32_t pad;                 /* the stored value of a pad: conv z_x - s, max pool qmin - s */
 } qk_layer;
+
+enum { DENSE = 0, CONV = 1, MAXPOOL = 2 };
 
 /* Input and output kinds: the storage integers q, or the unsigned stream values u = q - qmin. */
 enum { Q8 = 0, U8 = 1, Q16 = 2, U16 = 3 };
@@ -174,26 +195,35 @@ typedef struct {
     const void *in;
     void *out;
     int64_t n, next_chunk;
-    size_t buf_bytes, mem_bytes; /* one activation buffer; a thread's memory (multiples of 64) */
+    int ch;                                   /* images per chunk (<= CH) */
+    size_t buf_bytes, patch_bytes, mem_bytes; /* one activation buffer, the patch rows, a thread's memory */
     int failed;
 } job_t;
 
+/* int16 values per image of a layer's input and of its output in the chunk buffers */
+static int64_t in_img(const qk_layer *L) { return L->kind == DENSE ? L->Kp : (int64_t)L->H * L->W * L->ldi; }
+static int out_ld(const qk_layer *L) { return L->kind == MAXPOOL ? L->ldi : L->Cp; }
+static int out_channels(const qk_layer *L) { return L->kind == MAXPOOL ? L->Ci : L->C; }
+static int64_t out_positions(const qk_layer *L) { return L->kind == DENSE ? 1 : (int64_t)L->OH * L->OW; }
+
 static void load_rows(const job_t *J, int64_t r0, int nr, int16_t *dst) {
-    const int K = J->L[0].K, ld = J->L[0].Kp, sub = J->L[0].in_sub;
+    const qk_layer *L0 = &J->L[0];
+    const int64_t K = L0->kind == DENSE ? L0->K : (int64_t)L0->H * L0->W * L0->Ci, ld = in_img(L0);
+    const int sub = L0->in_sub;
     for (int r = 0; r < nr; r++, dst += ld) {
         const size_t at = (size_t)(r0 + r) * K;
         if (J->in_kind == Q8) {
             const int8_t *s = (const int8_t *)J->in + at;
-            for (int k = 0; k < K; k++) dst[k] = (int16_t)(s[k] - sub);
+            for (int64_t k = 0; k < K; k++) dst[k] = (int16_t)(s[k] - sub);
         } else if (J->in_kind == U8) {
             const uint8_t *s = (const uint8_t *)J->in + at;
-            for (int k = 0; k < K; k++) dst[k] = (int16_t)(s[k] - 128 - sub);
+            for (int64_t k = 0; k < K; k++) dst[k] = (int16_t)(s[k] - 128 - sub);
         } else if (J->in_kind == Q16) {
             const int16_t *s = (const int16_t *)J->in + at;
-            for (int k = 0; k < K; k++) dst[k] = (int16_t)(s[k] - sub);
+            for (int64_t k = 0; k < K; k++) dst[k] = (int16_t)(s[k] - sub);
         } else {
             const uint16_t *s = (const uint16_t *)J->in + at;
-            for (int k = 0; k < K; k++) dst[k] = (int16_t)((int16_t)(s[k] ^ 0x8000u) - sub);
+            for (int64_t k = 0; k < K; k++) dst[k] = (int16_t)((int16_t)(s[k] ^ 0x8000u) - sub);
         }
         memset(dst + K, 0, (size_t)(ld - K) * 2);
     }
@@ -201,9 +231,10 @@ static void load_rows(const job_t *J, int64_t r0, int nr, int16_t *dst) {
 
 static void store_rows(const job_t *J, int64_t r0, int nr, const int16_t *src) {
     const qk_layer *L = &J->L[J->nl - 1];
-    const int C = L->C;
-    for (int r = 0; r < nr; r++, src += L->Cp) {
-        const size_t at = (size_t)(r0 + r) * C;
+    const int C = out_channels(L), ld = out_ld(L);
+    const int64_t P = out_positions(L);
+    for (int64_t r = 0; r < nr * P; r++, src += ld) {
+        const size_t at = (size_t)(r0 * P + r) * C;
         if (J->out_kind == Q8) {
             int8_t *d = (int8_t *)J->out + at;
             for (int c = 0; c < C; c++) d[c] = (int8_t)src[c];
@@ -219,16 +250,120 @@ static void store_rows(const job_t *J, int64_t r0, int nr, const int16_t *src) {
     }
 }
 
+/* n int16 values from s to d: whole vectors where n allows (a conv's taps are a few channels each). */
+__attribute__((target("avx2"), always_inline)) static inline void copy16(int16_t *d, const int16_t *s, int n) {
+    int c = 0;
+    for (; c + 16 <= n; c += 16) _mm256_storeu_si256((__m256i *)(d + c), _mm256_loadu_si256((const __m256i *)(s + c)));
+    for (; c + 8 <= n; c += 8) _mm_storeu_si128((__m128i *)(d + c), _mm_loadu_si128((const __m128i *)(s + c)));
+    for (; c < n; c++) d[c] = s[c];
+}
+
+/* One patch row: the kh x kw taps of output position (oh, ow) of image xi; kh, kw and Ci are
+   constants where `gather` is inlined for the common 3x3 kernels with 1, 8 or 16 channels. */
+__attribute__((target("avx2"), always_inline)) static inline void gather(const qk_layer *L, const int16_t *xi,
+                                                                         int16_t *d, int oh, int ow, const int kh,
+                                                                         const int kw, const int Ci) {
+    const int ld = L->ldi, ih0 = oh * L->sh - L->pt, iw0 = ow * L->sw - L->pl;
+    const int inside = ih0 >= 0 && ih0 + (kh - 1) * L->dh < L->H && iw0 >= 0 && iw0 + (kw - 1) * L->dw < L->W;
+    if (inside && L->dw == 1 && ld == Ci) { /* each kernel row is contiguous */
+        for (int i = 0; i < kh; i++, d += kw * Ci) copy16(d, xi + ((size_t)(ih0 + i * L->dh) * L->W + iw0) * ld, kw * Ci);
+        return;
+    }
+    for (int i = 0; i < kh; i++) {
+        const int ih = ih0 + i * L->dh;
+        for (int j = 0; j < kw; j++, d += Ci) {
+            const int iw = iw0 + j * L->dw;
+            if (!inside && (ih < 0 || ih >= L->H || iw < 0 || iw >= L->W))
+                for (int c = 0; c < Ci; c++) d[c] = (int16_t)L->pad;
+            else
+                copy16(d, xi + ((size_t)ih * L->W + iw) * ld, Ci);
+        }
+    }
+}
+
+/* A conv layer on ni images: CH output positions at a time, gathered into patch rows, then `layer`. */
+__attribute__((target("avx2"))) static void conv(const qk_layer *L, const int16_t *x, int16_t *y, int ni,
+                                                 int16_t *patch, uint16_t *pairs) {
+    const int64_t P = (int64_t)L->OH * L->OW, rows = ni * P, image = (int64_t)L->H * L->W * L->ldi;
+    const int Ci = L->Ci, K = L->kh * L->kw * Ci, k33 = L->kh == 3 && L->kw == 3;
+    for (int r = 0; r < CH; r++) memset(patch + (size_t)r * L->Kp + K, 0, (size_t)(L->Kp - K) * 2);
+    int64_t img = 0;
+    int oh = 0, ow = 0;
+    for (int64_t r0 = 0; r0 < rows; r0 += CH) {
+        const int nr = rows - r0 < CH ? (int)(rows - r0) : CH;
+        for (int r = 0; r < nr; r++) {
+            const int16_t *xi = x + img * image;
+            int16_t *d = patch + (size_t)r * L->Kp;
+            if (k33 && Ci == 1) gather(L, xi, d, oh, ow, 3, 3, 1);
+            else if (k33 && Ci == 8) gather(L, xi, d, oh, ow, 3, 3, 8);
+            else if (k33 && Ci == 16) gather(L, xi, d, oh, ow, 3, 3, 16);
+            else gather(L, xi, d, oh, ow, L->kh, L->kw, Ci);
+            if (++ow == L->OW) {
+                ow = 0;
+                if (++oh == L->OH) oh = 0, img++;
+            }
+        }
+        layer(L, patch, y + r0 * L->Cp, nr, pairs);
+    }
+}
+
+/* A max pool on ni images: each output starts at the pad value (below every stored input). */
+__attribute__((target("avx2"))) static void maxpool(const qk_layer *L, const int16_t *x, int16_t *y, int ni) {
+    const int ld = L->ldi, vec = ld - ld % 16;
+    for (int img = 0; img < ni; img++) {
+        const int16_t *xi = x + (size_t)img * L->H * L->W * ld;
+        int16_t *d = y + (size_t)img * L->OH * L->OW * ld;
+        for (int oh = 0; oh < L->OH; oh++)
+            for (int ow = 0; ow < L->OW; ow++, d += ld) {
+                for (int c = 0; c < ld; c++) d[c] = (int16_t)L->pad;
+                for (int i = 0; i < L->kh; i++) {
+                    const int ih = oh * L->sh + i - L->pt;
+                    if (ih < 0 || ih >= L->H) continue;
+                    for (int j = 0; j < L->kw; j++) {
+                        const int iw = ow * L->sw + j - L->pl;
+                        if (iw < 0 || iw >= L->W) continue;
+                        const int16_t *s = xi + ((size_t)ih * L->W + iw) * ld;
+                        for (int c = 0; c < vec; c += 16)
+                            _mm256_storeu_si256((__m256i *)(d + c),
+                                                _mm256_max_epi16(_mm256_loadu_si256((const __m256i *)(d + c)),
+                                                                 _mm256_loadu_si256((const __m256i *)(s + c))));
+                        for (int c = vec; c < ld; c++) d[c] = s[c] > d[c] ? s[c] : d[c];
+                    }
+                }
+            }
+    }
+}
+
+/* The flatten before the first dense layer: each image's positions x C channels as one row of Kp. */
+static void flatten(const qk_layer *prev, const qk_layer *L, const int16_t *x, int16_t *y, int ni) {
+    const int C = out_channels(prev), ld = out_ld(prev);
+    const int64_t P = out_positions(prev);
+    for (int img = 0; img < ni; img++) {
+        int16_t *d = y + (size_t)img * L->Kp;
+        for (int64_t p = 0; p < P; p++) memcpy(d + p * C, x + ((size_t)img * P + p) * ld, (size_t)C * 2);
+        memset(d + P * C, 0, (size_t)(L->Kp - P * C) * 2);
+    }
+}
+
 static void run_chunks(job_t *J, char *mem) {
     int16_t *a = (int16_t *)mem, *b = (int16_t *)(mem + J->buf_bytes);
-    uint16_t *pairs = (uint16_t *)(mem + 2 * J->buf_bytes);
-    const int64_t chunks = (J->n + CH - 1) / CH;
+    int16_t *patch = (int16_t *)(mem + 2 * J->buf_bytes);
+    uint16_t *pairs = (uint16_t *)(mem + 2 * J->buf_bytes + J->patch_bytes);
+    const int64_t chunks = (J->n + J->ch - 1) / J->ch;
     for (int64_t ch; (ch = __atomic_fetch_add(&J->next_chunk, 1, __ATOMIC_RELAXED)) < chunks;) {
-        const int64_t r0 = ch * CH;
-        const int nr = (int)(J->n - r0 < CH ? J->n - r0 : CH);
+        const int64_t r0 = ch * J->ch;
+        const int nr = (int)(J->n - r0 < J->ch ? J->n - r0 : J->ch);
         int16_t *x = a, *y = b, *t;
         load_rows(J, r0, nr, x);
-        for (int i = 0; i < J->nl; i++) layer(&J->L[i], x, y, nr, pairs), t = x, x = y, y = t;
+        for (int i = 0; i < J->nl; i++) {
+            const qk_layer *L = &J->L[i];
+            if (L->kind == DENSE && i > 0 && J->L[i - 1].kind != DENSE)
+                flatten(&J->L[i - 1], L, x, y, nr), t = x, x = y, y = t;
+            if (L->kind == CONV) conv(L, x, y, nr, patch, pairs);
+            else if (L->kind == MAXPOOL) maxpool(L, x, y, nr);
+            else layer(L, x, y, nr, pairs);
+            t = x, x = y, y = t;
+        }
         store_rows(J, r0, nr, x);
     }
 }
@@ -257,13 +392,27 @@ static void caller_work(job_t *J) {
     else __atomic_store_n(&J->failed, 1, __ATOMIC_RELAXED);
 }
 
-/* Run n rows of `in` through the nl layers into `out`; 0 on success, -1 if memory ran out. */
-int qk_run(const qk_layer *L, int nl, const void *in, int in_kind, int64_t n, void *out, int out_kind, int nthreads) {
-    int widest = L[0].Kp;
-    for (int i = 0; i < nl; i++) widest = L[i].Cp > widest ? L[i].Cp : widest;
-    const size_t buf = ((size_t)CH * widest * 2 + 63) / 64 * 64, lists = (CH / MR + MR) * (size_t)widest;
-    job_t J = {L, nl, in_kind, out_kind, in, out, n, 0, buf, 2 * buf + (lists + 63) / 64 * 64, 0};
-    const int64_t chunks = (n + CH - 1) / CH;
+#define ALIGN64(n) (((size_t)(n) + 63) / 64 * 64)
+
+/* Run n images (rows) of `in` through the nl layers into `out`, `ch` (1..CH) images per chunk; 0 on
+   success, -1 if memory ran out or ch is out of range. */
+int qk_run(const qk_layer *L, int nl, const void *in, int in_kind, int64_t n, void *out, int out_kind, int nthreads,
+           int ch) {
+    if (ch < 1 || ch > CH) return -1;
+    int64_t widest_img = 0;
+    int widest = 0, patch = 0;
+    for (int i = 0; i < nl; i++) {
+        const int64_t io = in_img(&L[i]) > out_positions(&L[i]) * out_ld(&L[i]) ? in_img(&L[i])
+                                                                                 : out_positions(&L[i]) * out_ld(&L[i]);
+        widest_img = io > widest_img ? io : widest_img;
+        widest = L[i].Cp > widest ? L[i].Cp : widest;
+        if (L[i].kind != MAXPOOL) widest = L[i].Kp > widest ? L[i].Kp : widest;
+        if (L[i].kind == CONV) patch = L[i].Kp > patch ? L[i].Kp : patch;
+    }
+    const size_t buf = ALIGN64((size_t)ch * widest_img * 2), patches = ALIGN64((size_t)CH * patch * 2);
+    const size_t lists = (CH / MR + MR) * (size_t)widest * 2;
+    job_t J = {L, nl, in_kind, out_kind, in, out, n, 0, ch, buf, patches, 2 * buf + patches + ALIGN64(lists), 0};
+    const int64_t chunks = (n + ch - 1) / ch;
     int extra = nthreads - 1;
     if (extra > chunks / 2) extra = (int)(chunks / 2); /* a thread is worth starting for two chunks or more */
     if (extra > 63) extra = 63;

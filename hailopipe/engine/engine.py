@@ -21,6 +21,9 @@ Per Dense layer (derivation in `arithmetic`):  acc = q_x @ q_w + bias_eff;  q_y 
   has AVX2 and every layer has 8-bit weights and provably fits int32 accumulators (`avx2_exact`:
   |b[c]| + max|x| sum_k |q_w[k, c]| < 2^31 for every channel c; true for a8_w8 layers of any
   realistic width, and for an 8-bit-weight layer after a 16-bit one while its fan-in is small).
+  Convolutional networks too: a conv layer is its patch rows (im2col in the kernel, the pads
+  stored as the real 0) through the same products, a max pool compares stored integers, and the
+  flatten feeds the dense layers after them; depthwise convs and average pools keep the numpy path.
 * `numpy`: BLAS GEMM in floating point on integer-valued operands, exact while every partial sum is
   an integer below the format's exact range; the bound max|q_x| * max_c sum_k |q_w[k, c]| picks
   float32 (< 2^24) or float64 (< 2^53) per layer, so the product is exact whatever order BLAS sums
@@ -68,26 +71,36 @@ def _clamp_range(layer: QDense) -> tuple[int, int]:
     return arithmetic.activation_bounds(layer.activation, layer.out_scale, layer.out_zp, layer.out_bits)
 
 
-def _abs_colsum(layer: QDense) -> np.ndarray:
-    return np.abs(layer.kernel.astype(np.int64)).sum(axis=0)
+def _matrix(layer) -> np.ndarray:
+    """The weights of a Dense or conv layer as the matrix [K, C] of its products."""
+    return arithmetic.conv_matrix(layer.kernel, layer.depthwise) if isinstance(layer, QConv) else layer.kernel
 
 
-def _offset(layer: QDense) -> int:
+def _abs_colsum(layer) -> np.ndarray:
+    return np.abs(_matrix(layer).astype(np.int64)).sum(axis=0)
+
+
+def _offset(layer) -> int:
     """What the AVX2 kernel subtracts from layer l's input integers before the products: the zero
     point for 8-bit inputs (so that a real 0, a dark pixel or a dead ReLU, is an integer 0 whose
     products it skips), 0 for 16-bit ones (q - z_x might not fit int16)."""
-    return layer.in_zp if layer.in_bits <= 8 else 0
+    bits = layer.bits if isinstance(layer, QPool) else layer.in_bits
+    return layer.in_zp if bits <= 8 else 0
 
 
-def _bias(layer: QDense) -> np.ndarray:
+def _bias(layer) -> np.ndarray:
     """The constant of acc = sum (q_x - offset) q_w + bias: (3) with the offset's share left in."""
-    return arithmetic.fold_zero_point(layer.bias, layer.kernel, layer.in_zp - _offset(layer))
+    return arithmetic.fold_zero_point(layer.bias, _matrix(layer), layer.in_zp - _offset(layer))
 
 
-def avx2_exact(layer: QDense) -> bool:
-    """Whether the AVX2 kernel computes layer `l` exactly: 8-bit weights, every partial sum of
-    bias + sum (q_x - offset) q_w below 2^31 in magnitude for any input, and m0, e within its
-    64-bit requantization."""
+def avx2_exact(layer) -> bool:
+    """Whether the AVX2 kernel computes layer `l` exactly: a Dense or (not depthwise) conv layer with
+    8-bit weights, every partial sum of bias + sum (q_x - offset) q_w below 2^31 in magnitude for
+    any input, and m0, e within its 64-bit requantization; or a max pool."""
+    if isinstance(layer, QPool):
+        return layer.kind == "max"
+    if isinstance(layer, QConv) and layer.depthwise:
+        return False
     qmin, qmax = arithmetic.qrange(layer.in_bits)
     x_max = max(qmax - _offset(layer), _offset(layer) - qmin)
     bound = x_max * _abs_colsum(layer) + np.abs(_bias(layer))
@@ -112,6 +125,15 @@ class Engine:
         self.threads = max(1, threads or _usable_cpus())
         self.kernel, why = "numpy", ""
         if _spatial(qnet):
+            fn, why = native.load_kernel() if kernel != "numpy" else (None, "")
+            wide = [layer.name for layer in qnet.layers if not avx2_exact(layer)]
+            if fn is not None and not wide:
+                self._prepare_avx2(fn)
+                return
+            if kernel == "avx2":
+                why = why or (f"layers {', '.join(wide)} are depthwise, average pools, have 16-bit weights or may "
+                              "exceed int32 accumulators")
+                raise PipelineError(f"engine: the avx2 kernel cannot run {qnet.name}: {why}")
             self._prepare_spatial(kernel, threads)
             return
         if kernel != "numpy":
@@ -163,20 +185,52 @@ class Engine:
         return out
 
     def _prepare_avx2(self, fn) -> None:
+        """The layers as `qk_layer` structs (_qkernel.c): Dense, conv and max pool layers, each
+        storing its output as q - the offset of the layer after it (q itself for the last)."""
         self.kernel, self._fn = "avx2", fn
         self._arrays, self._structs = [], (native.QkLayer * len(self.qnet.layers))()
-        Kp = native.round_up(self.in_features, 16)
         layers = self.qnet.layers
+        Kp, ld, widest = native.round_up(self.in_features, 16), int(self.qnet.input_shape[-1]), 0
+        stored = _stored_offsets(layers)
         for i, layer in enumerate(layers):
-            p = native.pack_layer(layer, Kp, _bias(layer))
+            sub = stored[i]  # the stored output is q_y - sub
+            s = native.QkLayer()
+            if not isinstance(layer, QDense):
+                h, w, c = layer.in_shape
+                (oh, ow, _), (pt, _), (pl, _) = layer.out_shape, *layer.pads
+                s.kind, s.H, s.W, s.Ci, s.ldi, s.OH, s.OW, s.pt, s.pl = (
+                    native.CONV if isinstance(layer, QConv) else native.MAXPOOL), h, w, c, ld, oh, ow, pt, pl
+                s.sh, s.sw = layer.strides
+                widest = max(widest, h * w * ld)
+            if isinstance(layer, QPool):
+                s.kh, s.kw = layer.size
+                s.dh = s.dw = 1
+                s.pad = arithmetic.qrange(layer.bits)[0] - sub
+                widest = max(widest, int(np.prod(layer.out_shape[:2])) * ld)
+                self._structs[i] = s
+                continue
+            matrix = _matrix(layer)
+            K, C = matrix.shape
+            if isinstance(layer, QConv):
+                s.kh, s.kw = layer.kernel.shape[:2]
+                s.dh, s.dw = layer.dilations
+                s.pad = layer.in_zp - _offset(layer)
+                Kp = native.round_up(K, 16)
+            elif i > 0 and not isinstance(layers[i - 1], QDense):  # the flatten: one row per image
+                Kp = native.round_up(K, 16)
+            p = native.pack_layer(layer, Kp, _bias(layer), matrix)
             self._arrays.append(p)  # keeps the buffers the structs point into alive
             lo, hi = _clamp_range(layer)
-            sub = _offset(layers[i + 1]) if i + 1 < len(layers) else 0  # the stored output is q_y - sub
-            K, C = layer.kernel.shape
-            pointers = (p[k].ctypes.data for k in ("w", "bias", "m0", "rnd", "shift"))
-            self._structs[i] = native.QkLayer(K, C, Kp, len(p["bias"]), *pointers, layer.out_zp - sub, lo - sub,
-                                              hi - sub, _offset(layer))
-            Kp = len(p["bias"])
+            s.K, s.C, s.Kp, s.Cp = K, C, Kp, len(p["bias"])
+            s.w, s.bias, s.m0, s.rnd, s.shift = (p[k].ctypes.data for k in ("w", "bias", "m0", "rnd", "shift"))
+            s.add, s.lo, s.hi, s.in_sub = layer.out_zp - sub, lo - sub, hi - sub, _offset(layer)
+            self._structs[i] = s
+            Kp = ld = s.Cp
+            widest = max(widest, s.Kp, int(np.prod(layer.out_shape[:2])) * s.Cp if isinstance(layer, QConv) else s.Cp)
+        if isinstance(layers[0], QPool):
+            self._structs[0].in_sub = stored[0]  # a pool's input is stored as its output
+        # images per chunk: a dense network's CH rows; a spatial one's largest buffer near 128 KiB
+        self._chunk = native.CH if not _spatial(self.qnet) else max(1, min(native.CH, (1 << 16) // max(1, widest)))
         self._structs_ptr = ctypes.addressof(self._structs)
 
     def _prepare_numpy(self) -> None:
@@ -235,7 +289,7 @@ class Engine:
             return self._run_spatial(x, out)
         if self.kernel == "avx2":
             if self._fn(self._structs_ptr, len(self._structs), native.address(x), native.KINDS[x.dtype], len(x),
-                        native.address(out), native.KINDS[out.dtype], self.threads):
+                        native.address(out), native.KINDS[out.dtype], self.threads, self._chunk):
                 raise MemoryError("engine: could not allocate the kernel's row buffers")
             return out
         signed_in, signed_out = x.dtype.kind == "i", out.dtype.kind == "i"
@@ -247,6 +301,17 @@ class Engine:
                 h = arithmetic.requantize(acc.astype(np.int64) + bias, layer.m0, layer.shift, layer.out_zp, lo, hi)
             out[start:start + CHUNK] = h if signed_out else arithmetic.to_unsigned(h, self.qnet.output.out_bits)
         return out
+
+
+def _stored_offsets(layers) -> list[int]:
+    """What each layer's output is stored relative to in the AVX2 kernel: the offset of the next
+    layer with weights (a max pool in between stores as its input is stored), 0 after the last."""
+    out, after = [0] * len(layers), 0
+    for i in range(len(layers) - 1, -1, -1):
+        out[i] = after
+        if not isinstance(layers[i], QPool):
+            after = _offset(layers[i])
+    return out
 
 
 def _spatial(qnet: QNetwork) -> bool:

@@ -25,8 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-from hailopipe.quantization.qnetwork import QDense
-
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("_qkernel.c")
@@ -39,7 +37,15 @@ class QkLayer(ctypes.Structure):
     _fields_ = [("K", ctypes.c_int32), ("C", ctypes.c_int32), ("Kp", ctypes.c_int32), ("Cp", ctypes.c_int32),
                 ("w", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("m0", ctypes.c_void_p), ("rnd", ctypes.c_void_p),
                 ("shift", ctypes.c_void_p), ("add", ctypes.c_int32), ("lo", ctypes.c_int32), ("hi", ctypes.c_int32),
-                ("in_sub", ctypes.c_int32)]
+                ("in_sub", ctypes.c_int32), ("kind", ctypes.c_int32), ("H", ctypes.c_int32), ("W", ctypes.c_int32),
+                ("Ci", ctypes.c_int32), ("ldi", ctypes.c_int32), ("OH", ctypes.c_int32), ("OW", ctypes.c_int32),
+                ("kh", ctypes.c_int32), ("kw", ctypes.c_int32), ("sh", ctypes.c_int32), ("sw", ctypes.c_int32),
+                ("dh", ctypes.c_int32), ("dw", ctypes.c_int32), ("pt", ctypes.c_int32), ("pl", ctypes.c_int32),
+                ("pad", ctypes.c_int32)]
+
+
+DENSE, CONV, MAXPOOL = 0, 1, 2  # qk_layer.kind
+CH = 32  # the kernel's rows per chunk: a dense network's images per chunk, the most a spatial one may ask
 
 
 _lib_lock = threading.Lock()
@@ -99,7 +105,7 @@ def _load():
         return None, "CPU lacks AVX2"
     fn = lib.qk_run
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_void_p,
-                   ctypes.c_int, ctypes.c_int]
+                   ctypes.c_int, ctypes.c_int, ctypes.c_int]
     fn.restype = ctypes.c_int
     return fn, ""
 
@@ -116,13 +122,15 @@ def round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-def pack_layer(layer: QDense, Kp: int, bias_eff: np.ndarray) -> dict[str, np.ndarray]:
+def pack_layer(layer, Kp: int, bias_eff: np.ndarray, kernel: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """One layer in the kernel's layout (see _qkernel.c): padded, pair-interleaved, even/odd constants;
-    `bias_eff` is the accumulator constant the engine computed for it."""
-    K, C = layer.kernel.shape
+    `bias_eff` is the accumulator constant the engine computed for it; `kernel`, the int8 matrix
+    [K, C] of the products (a conv layer's `arithmetic.conv_matrix`), defaults to layer.kernel."""
+    kernel = layer.kernel if kernel is None else kernel
+    K, C = kernel.shape
     Cp = round_up(C, 16)
     w = np.zeros((Kp, Cp), np.int8)
-    w[:K, :C] = layer.kernel
+    w[:K, :C] = kernel
     order = np.arange(Cp).reshape(-1, 8)[:, [0, 2, 4, 6, 1, 3, 5, 7]].ravel()
     bias, m0, shift = np.zeros(Cp, np.int32), np.zeros(Cp, np.int64), np.ones(Cp, np.int64)
     bias[:C] = bias_eff
