@@ -329,3 +329,13 @@ def _png(digit) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(digit).save(buf, "PNG")
     return buf.getvalue()
+
+
+@pytest.mark.parametrize("x, text", [(120.0, "120"), (-128.0, "-128"), (0.0, "0"), (1200.0, "1200"), (255.0, "255"),
+                                     (150.5, "150.5"), (float(np.float32(0.4282797)), "0.4282797")])
+def test_quantization_numbers_print_whole_numbers_as_integers(x, text):
+    """parse-hef's numbers: the shortest text that reads back as the same float32, a zero point as
+    an integer (it once printed a zero point of 120 as 1.2e+02)."""
+    from hailopipe.formats.parse_hef import _num
+
+    assert _num(x) == text

@@ -53,9 +53,12 @@ def emulated_streams(vstreams: list[VStreamInfo]) -> list[StreamInfo]:
 
 
 def _num(x: float) -> str:
-    """Shortest text that reads back as the same float32 (HEF quant values are float32)."""
+    """Shortest text that reads back as the same float32 (HEF quant values are float32); a whole
+    number as an integer (a zero point of 120 is `120`, not `1.2e+02`)."""
     if x != x or x in (float("inf"), float("-inf")):
         return str(x)
+    if float(x).is_integer() and abs(x) < 1e16:
+        return str(int(x))
     target = struct.pack("<f", x)
     for digits in range(1, 10):
         text = f"{x:.{digits}g}"
