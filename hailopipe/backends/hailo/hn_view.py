@@ -99,7 +99,8 @@ def float_network(hn: dict, params: dict, source) -> Network:
     dw and pooling layers (module docstring)."""
     norm, net_layers = None, []
     shape = input_shape(hn)
-    for layer in layers(hn, source):
+    chain = layers(hn, source)
+    for layer in chain:
         where = f"{source}: HN layer {layer.name}"
         if layer.activation not in ACTIVATIONS:
             raise PipelineError(f"{where}: activation {layer.activation!r} is not one of {', '.join(ACTIVATIONS)}")
@@ -125,7 +126,7 @@ def float_network(hn: dict, params: dict, source) -> Network:
         except ValueError as exc:
             raise PipelineError(f"{where}: {str(exc).split(': ', 1)[-1]}") from None
         net_layers.append(parsed)
-    if not any(layer.kernel_shape is not None and layer.type != "normalization" for layer in layers(hn, source)):
+    if not any(layer.kernel_shape is not None and layer.type != "normalization" for layer in chain):
         raise PipelineError(f"{source}: the HN has no layer with weights")
     return Network(hn.get("name", "net"), input_shape(hn), net_layers, normalization=norm)
 
