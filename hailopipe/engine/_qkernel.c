@@ -394,13 +394,12 @@ static void caller_work(job_t *J) {
 
 #define ALIGN64(n) (((size_t)(n) + 63) / 64 * 64)
 
-/* Run n images (rows) of `in` through the nl layers into `out`, `ch` (1..CH) images per chunk; 0 on
-   success, -1 if memory ran out or ch is out of range. */
-int qk_run(const qk_layer *L, int nl, const void *in, int in_kind, int64_t n, void *out, int out_kind, int nthreads,
-           int ch) {
-    if (ch < 1 || ch > CH) return -1;
+/* Run n images (rows) of `in` through the nl layers into `out`; 0 on success, -1 if memory ran out.
+   A chunk is CH images of a dense network; of a convolutional one, as many (1..CH) as keep its
+   largest activation buffer near 128 KiB. */
+int qk_run(const qk_layer *L, int nl, const void *in, int in_kind, int64_t n, void *out, int out_kind, int nthreads) {
     int64_t widest_img = 0;
-    int widest = 0, patch = 0;
+    int widest = 0, patch = 0, spatial = 0;
     for (int i = 0; i < nl; i++) {
         const int64_t io = in_img(&L[i]) > out_positions(&L[i]) * out_ld(&L[i]) ? in_img(&L[i])
                                                                                  : out_positions(&L[i]) * out_ld(&L[i]);
@@ -408,6 +407,12 @@ int qk_run(const qk_layer *L, int nl, const void *in, int in_kind, int64_t n, vo
         widest = L[i].Cp > widest ? L[i].Cp : widest;
         if (L[i].kind != MAXPOOL) widest = L[i].Kp > widest ? L[i].Kp : widest;
         if (L[i].kind == CONV) patch = L[i].Kp > patch ? L[i].Kp : patch;
+        spatial |= L[i].kind != DENSE;
+    }
+    int ch = CH;
+    if (spatial) {
+        const int64_t fit = ((int64_t)1 << 16) / (widest_img > 0 ? widest_img : 1);
+        ch = fit < 1 ? 1 : fit > CH ? CH : (int)fit;
     }
     const size_t buf = ALIGN64((size_t)ch * widest_img * 2), patches = ALIGN64((size_t)CH * patch * 2);
     const size_t lists = (CH / MR + MR) * (size_t)widest * 2;

@@ -123,28 +123,20 @@ class Engine:
         self.out_features = int(last.kernel.shape[1]) if isinstance(last, QDense) else int(np.prod(last.out_shape))
         self.output_dtype = arithmetic.storage_dtype(_out_bits(last))
         self.threads = max(1, threads or _usable_cpus())
-        self.kernel, why = "numpy", ""
-        if _spatial(qnet):
-            fn, why = native.load_kernel() if kernel != "numpy" else (None, "")
-            wide = [layer.name for layer in qnet.layers if not avx2_exact(layer)]
-            if fn is not None and not wide:
-                self._prepare_avx2(fn)
-                return
-            if kernel == "avx2":
-                why = why or (f"layers {', '.join(wide)} are depthwise, average pools, have 16-bit weights or may "
-                              "exceed int32 accumulators")
-                raise PipelineError(f"engine: the avx2 kernel cannot run {qnet.name}: {why}")
-            self._prepare_spatial(kernel, threads)
-            return
+        self.kernel = "numpy"
         if kernel != "numpy":
             fn, why = native.load_kernel()
             wide = [layer.name for layer in qnet.layers if not avx2_exact(layer)]
             if fn is not None and not wide:
                 self._prepare_avx2(fn)
-            elif kernel == "avx2":
-                why = why or f"layers {', '.join(wide)} have 16-bit weights or may exceed int32 accumulators"
+                return
+            if kernel == "avx2":
+                why = why or (f"layers {', '.join(wide)} are depthwise convs or average pools, have 16-bit weights "
+                              "or may exceed int32 accumulators")
                 raise PipelineError(f"engine: the avx2 kernel cannot run {qnet.name}: {why}")
-        if self.kernel == "numpy":
+        if _spatial(qnet):
+            self._prepare_spatial(kernel, threads)
+        else:
             self._prepare_numpy()
 
     @property
@@ -190,7 +182,7 @@ class Engine:
         self.kernel, self._fn = "avx2", fn
         self._arrays, self._structs = [], (native.QkLayer * len(self.qnet.layers))()
         layers = self.qnet.layers
-        Kp, ld, widest = native.round_up(self.in_features, 16), int(self.qnet.input_shape[-1]), 0
+        Kp, ld = native.round_up(self.in_features, 16), int(self.qnet.input_shape[-1])
         stored = _stored_offsets(layers)
         for i, layer in enumerate(layers):
             sub = stored[i]  # the stored output is q_y - sub
@@ -201,12 +193,10 @@ class Engine:
                 s.kind, s.H, s.W, s.Ci, s.ldi, s.OH, s.OW, s.pt, s.pl = (
                     native.CONV if isinstance(layer, QConv) else native.MAXPOOL), h, w, c, ld, oh, ow, pt, pl
                 s.sh, s.sw = layer.strides
-                widest = max(widest, h * w * ld)
             if isinstance(layer, QPool):
                 s.kh, s.kw = layer.size
                 s.dh = s.dw = 1
                 s.pad = arithmetic.qrange(layer.bits)[0] - sub
-                widest = max(widest, int(np.prod(layer.out_shape[:2])) * ld)
                 self._structs[i] = s
                 continue
             matrix = _matrix(layer)
@@ -226,11 +216,8 @@ class Engine:
             s.add, s.lo, s.hi, s.in_sub = layer.out_zp - sub, lo - sub, hi - sub, _offset(layer)
             self._structs[i] = s
             Kp = ld = s.Cp
-            widest = max(widest, s.Kp, int(np.prod(layer.out_shape[:2])) * s.Cp if isinstance(layer, QConv) else s.Cp)
         if isinstance(layers[0], QPool):
             self._structs[0].in_sub = stored[0]  # a pool's input is stored as its output
-        # images per chunk: a dense network's CH rows; a spatial one's largest buffer near 128 KiB
-        self._chunk = native.CH if not _spatial(self.qnet) else max(1, min(native.CH, (1 << 16) // max(1, widest)))
         self._structs_ptr = ctypes.addressof(self._structs)
 
     def _prepare_numpy(self) -> None:
@@ -289,7 +276,7 @@ class Engine:
             return self._run_spatial(x, out)
         if self.kernel == "avx2":
             if self._fn(self._structs_ptr, len(self._structs), native.address(x), native.KINDS[x.dtype], len(x),
-                        native.address(out), native.KINDS[out.dtype], self.threads, self._chunk):
+                        native.address(out), native.KINDS[out.dtype], self.threads):
                 raise MemoryError("engine: could not allocate the kernel's row buffers")
             return out
         signed_in, signed_out = x.dtype.kind == "i", out.dtype.kind == "i"

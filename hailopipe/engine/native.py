@@ -45,7 +45,6 @@ class QkLayer(ctypes.Structure):
 
 
 DENSE, CONV, MAXPOOL = 0, 1, 2  # qk_layer.kind
-CH = 32  # the kernel's rows per chunk: a dense network's images per chunk, the most a spatial one may ask
 
 
 _lib_lock = threading.Lock()
@@ -105,7 +104,7 @@ def _load():
         return None, "CPU lacks AVX2"
     fn = lib.qk_run
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_void_p,
-                   ctypes.c_int, ctypes.c_int, ctypes.c_int]
+                   ctypes.c_int, ctypes.c_int]
     fn.restype = ctypes.c_int
     return fn, ""
 
