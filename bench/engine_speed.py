@@ -27,8 +27,8 @@ the avx2 kernel's 784-128-64-10 batch at half speed right after a numpy-kernel c
 pause).  Also printed: our peak extra memory for the 10k
 batch (resident memory above what it was before the call) against the input + output arrays it
 must hold, each side's accuracy, how often the two agree, and whether our output equals the
-independent int64 reference of tests/test_engine.py for the whole run (both kernels, avx2 and numpy,
-are checked; the numpy kernel's batched speed is shown too).  Our AVX2 kernel skips the products of
+independent int64 references of tests/test_engine.py and tests/test_engine_cnn.py for the whole run
+(both kernels, avx2 and numpy, are checked; the numpy kernel's batched speed is shown too).  Our AVX2 kernel skips the products of
 zero inputs (dark pixels), which TFLite does not, so a second table repeats the batched comparison
 on 10k random int8 inputs, where nothing is skipped.  Exits 1 if any output is not exact.
 """

@@ -130,16 +130,21 @@ def _exact_ops():
         scale = pow2(bits - exponent(tf.reduce_max(tf.abs(t))))
         return tf.round(t * scale), scale
 
+    def room(count):
+        """The bits of the gridded operands when `count` products (or values) are summed: each sum
+        stays below 2^52 (count < 2^exponent(count))."""
+        return 52 - exponent(tf.cast(count, tf.float64))
+
     def exact_matmul(a, b):
         """a @ b in float64, exactly as `arithmetic.exact_dot`: K max|a_int| max|b_int| < 2^52."""
-        room = 52 - exponent(tf.cast(tf.shape(a)[-1], tf.float64))  # K < 2^exponent(K)
-        a_int, s_a = grid(a, room - room // 2)
-        b_int, s_b = grid(b, room // 2)
+        r = room(tf.shape(a)[-1])
+        a_int, s_a = grid(a, r - r // 2)
+        b_int, s_b = grid(b, r // 2)
         return tf.matmul(a_int, b_int) / (s_a * s_b)
 
     def exact_colsum(t):
         """The column sums of float64 [M, C] `t` on one grid, exact: M max|t_int| < 2^52."""
-        t_int, scale = grid(t, 52 - exponent(tf.cast(tf.shape(t)[0], tf.float64)))
+        t_int, scale = grid(t, room(tf.shape(t)[0]))
         return tf.reduce_sum(t_int, axis=0) / scale
 
     def affine(x, w, b):
@@ -178,10 +183,6 @@ def _exact_ops():
 
         def call(self, x):
             return self.activation(affine(x, self.kernel, self.bias))
-
-    def room(count):
-        """The bits two gridded operands share when `count` of their products are summed: each sum < 2^52."""
-        return 52 - exponent(tf.cast(count, tf.float64))
 
     @tf.custom_gradient
     def _conv(x, w, b):
