@@ -118,25 +118,25 @@ def main() -> None:
     ap.add_argument("--cnn", nargs="*", default=["8,16,16", "16,32,32"],
                     help="CNN conv filters (params.yaml's kernel and head)")
     ap.add_argument("--calib", nargs="+", type=int, default=[64, 256, 2000])
-    ap.add_argument("--epochs", type=int, default=None, help="default: params.yaml train.epochs")
+    ap.add_argument("--epochs", type=int, default=None, help="default: params.yaml train.epochs (per arch)")
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "hailopipe-bench-models"))
     args = ap.parse_args()
     setup_logging(logging.WARNING)
     log.setLevel(logging.INFO)
     model._quiet_tensorflow()
     p = params.load()
-    base = replace(train_config(p), arch="dense")  # params.yaml's training settings, checked as the stage checks them
+    base = train_config(p, "dense")  # params.yaml's training settings, checked as the stage checks them
+    cnn_base = train_config(p, "cnn")
     default_level = p.int("optimize.optimization_level")
     arrays = data.load_split("data/mnist.npz") if Path("data/mnist.npz").is_file() else _official()
     x, y = data.to_float(arrays["x_val"]), arrays["y_val"]
     x_all = np.concatenate([x, data.to_float(arrays["x_train"])])  # fidelity is also measured on the training images
     cache = Path(args.cache)
     default_n = p.int("calibration.size")
-    epochs = args.epochs or base.epochs
-    jobs = {replace(base, hidden=tuple(int(v) for v in h.split(",")), epochs=epochs): list(args.calib)
-            for h in args.hidden}
-    jobs.update({replace(base, arch="cnn", conv=tuple(int(v) for v in c.split(",")), epochs=epochs): list(args.calib)
-                 for c in args.cnn})
+    jobs = {replace(base, hidden=tuple(int(v) for v in h.split(",")), epochs=args.epochs or base.epochs):
+            list(args.calib) for h in args.hidden}
+    jobs.update({replace(cnn_base, conv=tuple(int(v) for v in c.split(",")), epochs=args.epochs or cnn_base.epochs):
+                 list(args.calib) for c in args.cnn})
     if default_n not in jobs.setdefault(base, []):
         jobs[base].append(default_n)  # the default model at its own calibration size, for the check at the end
     rows, t0 = [], time.time()

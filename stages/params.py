@@ -34,6 +34,10 @@ class Params:
             node = node[part]
         return node
 
+    def value(self, key: str) -> Any:
+        """The value of `key` as the file has it, unchecked (PipelineError if it is missing)."""
+        return self._lookup(key)
+
     def fail(self, key: str, what: str, value: Any) -> PipelineError:
         return PipelineError(f"{self.path}: {key} {what}, got {value!r}")
 

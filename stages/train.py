@@ -13,10 +13,13 @@ log = logging.getLogger("stages.train")
 DATA, OUT_DIR, LIVE_DIR = "data/mnist.npz", "models/float", "metrics/train"
 
 
-def config(p: params.Params):
-    """The TrainConfig params.yaml asks for, every value checked (the cnn's keys whatever the arch)."""
+def config(p: params.Params, arch: str | None = None):
+    """The TrainConfig params.yaml asks for (for `arch`, default `train.arch`), every value checked
+    (the cnn's keys whatever the arch).  `epochs` and `learning_rate` are one number for both
+    architectures or a mapping with one per architecture, `{dense: 10, cnn: 4}`."""
     from hailopipe import model
 
+    arch = arch or p.choice("train.arch", model.ARCHS)
     conv, kernel = tuple(p.int_list("train.conv", lo=1, hi=1024)), p.int("train.kernel", 1, 28)
     try:
         model.cnn_blocks(conv, kernel)
@@ -26,14 +29,28 @@ def config(p: params.Params):
         hidden=tuple(p.int_list("train.hidden", lo=1, hi=8192)),
         activation=p.choice("train.activation", ("relu",)),
         dropout=p.float("train.dropout", 0.0, 0.9),
-        epochs=p.int("train.epochs", 1, 1000),
+        epochs=per_arch(p, "train.epochs", arch, p.int, 1, 1000),
         batch_size=p.int("train.batch_size", 1, 60000),
-        learning_rate=p.float("train.learning_rate", 1e-7, 10.0),
+        learning_rate=per_arch(p, "train.learning_rate", arch, p.float, 1e-7, 10.0),
         seed=p.int("train.seed", 0, 2**31 - 1),
-        arch=p.choice("train.arch", model.ARCHS),
+        arch=arch,
         conv=conv,
         kernel=kernel,
         head=tuple(p.int_list("train.head", lo=1, hi=8192, min_len=0)))
+
+
+def per_arch(p: params.Params, key: str, arch: str, read, lo, hi):
+    """`key`'s value for `arch`: `key` itself if it is a number, else `key.<arch>` of its mapping
+    (both architectures' values checked, so a typo in the other fails too)."""
+    from hailopipe import model
+
+    if not isinstance(p.value(key), dict):
+        return read(key, lo, hi)
+    if set(p.mapping(key)) != set(model.ARCHS):
+        raise p.fail(key, f"must be a number or a mapping with one value for each of {', '.join(model.ARCHS)}",
+                     p.mapping(key))
+    values = {a: read(f"{key}.{a}", lo, hi) for a in model.ARCHS}
+    return values[arch]
 
 
 def describe(cfg) -> str:

@@ -26,6 +26,17 @@ def test_the_repo_trains_the_dense_model_by_default():
     assert train.describe(cfg) == "784-256-128-10"
 
 
+def test_epochs_and_learning_rate_are_per_arch_or_shared(tmp_path):
+    """params.yaml gives the CNN its own short, fast schedule; one number still sets both archs."""
+    p = params.load("params.yaml")
+    dense, cnn = train.config(p), train.config(p, "cnn")
+    assert (dense.epochs, dense.learning_rate) == (10, 0.001) and (cnn.epochs, cnn.learning_rate) == (3, 0.008)
+    assert config_with(tmp_path, arch="cnn").epochs == 3
+    shared = config_with(tmp_path, arch="cnn", epochs=2, learning_rate=0.01)
+    assert (shared.epochs, shared.learning_rate) == (2, 0.01)
+    assert config_with(tmp_path, epochs={"dense": 7, "cnn": 2}).epochs == 7
+
+
 def test_cnn_config(tmp_path):
     cfg = config_with(tmp_path, arch="cnn", head=[32])
     assert cfg.arch == "cnn" and cfg.conv == (8, 16, 16) and cfg.head == (32,)
@@ -44,6 +55,11 @@ def test_cnn_config(tmp_path):
     ({"kernel": True}, "train.kernel must be an integer"),
     ({"head": [0]}, "train.head[0] must be an integer between 1 and 8192, got 0"),
     ({"head": None}, "train.head must be a list"),
+    ({"epochs": {"dense": 10}}, "train.epochs must be a number or a mapping with one value for each of dense, cnn"),
+    ({"epochs": {"dense": 10, "cnn": 3, "rnn": 1}}, "train.epochs must be a number or a mapping"),
+    ({"epochs": {"dense": 10, "cnn": 0}}, "train.epochs.cnn must be between 1 and 1000, got 0"),
+    ({"learning_rate": {"dense": "fast", "cnn": 0.01}}, "train.learning_rate.dense must be a number, got 'fast'"),
+    ({"epochs": "ten"}, "train.epochs must be an integer, got 'ten'"),
 ])
 def test_bad_cnn_values(tmp_path, values, words):
     with pytest.raises(PipelineError) as err:
