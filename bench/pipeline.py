@@ -4,8 +4,10 @@
 
 Measures, with the default params.yaml: the full `dvc repro` from scratch, a no-op `dvc repro`, a
 `calibration.size` change (only check_params and optimize .. evaluate re-run), the accuracies from
-metrics/evaluate.json, and whether any stage after train imports TensorFlow.  Prints each figure
-beside its target.  The copy is deleted at the end, also when a step fails, unless --keep.
+metrics/evaluate.json, and whether any stage after train imports TensorFlow; then, from that finished
+dense pipeline, `dvc exp run -S train.arch=cnn` (Hailo's MNIST CNN with params.yaml's CNN schedule:
+every stage from train on re-runs) with the CNN's accuracies (skip it with --no-cnn).  Prints each
+figure beside its target.  The copy is deleted at the end, also when a step fails, unless --keep.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def imports_tensorflow(repo: Path, stage: str, env) -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keep", help="run in this directory and keep it")
+    ap.add_argument("--no-cnn", dest="cnn", action="store_false", help="skip the `train.arch=cnn` experiment")
     args = ap.parse_args()
     if os.environ.get("MNIST_NPZ"):  # a relative path is relative to here, not to the copy
         os.environ["MNIST_NPZ"] = str(Path(os.environ["MNIST_NPZ"]).resolve())
@@ -64,7 +67,7 @@ def main() -> None:
         sys.exit("error: set MNIST_NPZ to a local mnist.npz (no internet here)")
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     try:
-        measure(work)
+        measure(work, args.cnn)
     finally:
         if args.keep:
             print(f"(repo copy kept in {work / 'repo'})")
@@ -72,12 +75,29 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
 
 
+def cnn_rows(repo: Path, env) -> list[tuple]:
+    """`dvc exp run -S train.arch=cnn` on the finished dense pipeline: its time, the stages it ran
+    and the CNN's accuracies (the experiment's results are in the workspace afterwards)."""
+    exp, p = sh(repo, "dvc", "exp", "run", "-S", "train.arch=cnn", env=env)
+    ran = re.findall(r"Running stage '(\w+)'", p.stdout)
+    metrics = json.loads((repo / "metrics/evaluate.json").read_text())
+    fl, c = metrics["float"]["accuracy"], metrics["compiled"]["accuracy"]
+    want = {"train", "parse", "optimize", "analyze_noise", "compile", "evaluate"}
+    return [
+        ("dvc exp run -S train.arch=cnn (s)", f"{exp:.1f}", "<= 180, re-runs train on", exp <= 180 and want <= set(ran),
+         f"ran {', '.join(ran)}"),
+        ("CNN float accuracy", f"{fl:.4f}", ">= 0.990", fl >= 0.990, ""),
+        ("CNN compiled int8 accuracy", f"{c:.4f}", f">= {fl - 0.001:.4f} (float - 0.1 pp)", c >= fl - 0.001 - 1e-12,
+         f"drop {100 * (fl - c):.2f} pp"),
+    ]
+
+
 def cpu_flags() -> str:
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     return " ".join(sorted(set(re.findall(r"\b(avx2|avx512_vnni|avx_vnni|amx_int8)\b", text)))) or "none of them"
 
 
-def measure(work: Path) -> None:
+def measure(work: Path, cnn: bool = True) -> None:
     repo = work / "repo"
     if repo.exists():
         shutil.rmtree(repo)
@@ -115,6 +135,8 @@ def measure(work: Path) -> None:
          f"drop {100 * (fl - c):.2f} pp"),
         ("stages after train importing TF", ", ".join(tf_stages) or "none", "none", not tf_stages, ""),
     ]
+    if cnn:
+        rows += cnn_rows(repo, env)
     w = max(len(r[0]) for r in rows)
     print(f"{'figure':<{w}}  {'measured':>12}  {'target':<28}  ok    note")
     for name, val, target, ok, note in rows:

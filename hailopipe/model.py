@@ -125,9 +125,14 @@ def _exact_ops():
         """2^n, exactly, as float64 (n an int64 in the normal range)."""
         return tf.bitcast(tf.bitwise.left_shift(n + 1023, 52), tf.float64)
 
-    def grid(t, bits):
-        """(round(t 2^s), 2^s) with every |entry| below 2^bits."""
-        scale = pow2(bits - exponent(tf.reduce_max(tf.abs(t))))
+    def top(t):
+        """exponent(max |t|): every |entry| of t is below 2^top(t)."""
+        return exponent(tf.reduce_max(tf.abs(t)))
+
+    def grid(t, bits, e=None):
+        """(round(t 2^s), 2^s) with every |entry| below 2^bits: s = bits - top(t), or bits - e where
+        the caller has top(t) already (one tensor on several grids reads its maximum once)."""
+        scale = pow2(bits - (top(t) if e is None else e))
         return tf.round(t * scale), scale
 
     def room(count):
@@ -142,9 +147,9 @@ def _exact_ops():
         b_int, s_b = grid(b, r // 2)
         return tf.matmul(a_int, b_int) / (s_a * s_b)
 
-    def exact_colsum(t):
+    def exact_colsum(t, e=None):
         """The column sums of float64 [M, C] `t` on one grid, exact: M max|t_int| < 2^52."""
-        t_int, scale = grid(t, room(tf.shape(t)[0]))
+        t_int, scale = grid(t, room(tf.shape(t)[0]), e)
         return tf.reduce_sum(t_int, axis=0) / scale
 
     def affine(x, w, b):
@@ -192,23 +197,24 @@ def _exact_ops():
         TensorFlow's convolution kernels, whatever their blocking, give the one exact result."""
         k, _, _, cout = w.shape
         x64, w64 = tf.cast(x, tf.float64), tf.cast(w, tf.float64)
-        r = room(k * k * w.shape[2])
-        x_int, s_x = grid(x64, r - r // 2)
-        w_int, s_w = grid(w64, r // 2)
+        r, e_x, e_w = room(k * k * w.shape[2]), top(x64), top(w64)
+        x_int, s_x = grid(x64, r - r // 2, e_x)
+        w_int, s_w = grid(w64, r // 2, e_w)
         y = tf.cast(tf.nn.conv2d(x_int, w_int, 1, "VALID") / (s_x * s_w) + tf.cast(b, tf.float64), tf.float32)
 
         def grad(dy):
             dy64 = tf.cast(dy, tf.float64)
+            e_d = top(dy64)
             r1 = room(k * k * cout)
-            d_int, s_d = grid(dy64, r1 - r1 // 2)
-            w1_int, s_w1 = grid(w64, r1 // 2)
+            d_int, s_d = grid(dy64, r1 - r1 // 2, e_d)
+            w1_int, s_w1 = grid(w64, r1 // 2, e_w)
             dx = tf.nn.conv2d_transpose(d_int, w1_int, tf.shape(x), 1, "VALID") / (s_d * s_w1)
             r2 = room(tf.size(dy) // cout)
-            d2_int, s_d2 = grid(dy64, r2 - r2 // 2)
-            x2_int, s_x2 = grid(x64, r2 // 2)
+            d2_int, s_d2 = grid(dy64, r2 - r2 // 2, e_d)
+            x2_int, s_x2 = grid(x64, r2 // 2, e_x)
             dw = tf.compat.v1.nn.conv2d_backprop_filter(x2_int, tf.shape(w), d2_int, [1, 1, 1, 1], "VALID")
             return (tf.cast(dx, tf.float32), tf.cast(dw / (s_d2 * s_x2), tf.float32),
-                    tf.cast(exact_colsum(tf.reshape(dy64, [-1, cout])), tf.float32))
+                    tf.cast(exact_colsum(tf.reshape(dy64, [-1, cout]), e_d), tf.float32))
 
         return y, grad
 

@@ -30,8 +30,8 @@ def test_epochs_and_learning_rate_are_per_arch_or_shared(tmp_path):
     """params.yaml gives the CNN its own short, fast schedule; one number still sets both archs."""
     p = params.load("params.yaml")
     dense, cnn = train.config(p), train.config(p, "cnn")
-    assert (dense.epochs, dense.learning_rate) == (10, 0.001) and (cnn.epochs, cnn.learning_rate) == (3, 0.008)
-    assert config_with(tmp_path, arch="cnn").epochs == 3
+    assert (dense.epochs, dense.learning_rate) == (10, 0.001) and (cnn.epochs, cnn.learning_rate) == (2, 0.01)
+    assert config_with(tmp_path, arch="cnn").epochs == 2
     shared = config_with(tmp_path, arch="cnn", epochs=2, learning_rate=0.01)
     assert (shared.epochs, shared.learning_rate) == (2, 0.01)
     assert config_with(tmp_path, epochs={"dense": 7, "cnn": 2}).epochs == 7
