@@ -5,7 +5,8 @@
 
 For each network, 784-H1-H2-10 (--nets) and Hailo's MNIST CNN with the conv filters of --cnn
 (`train.arch: cnn`): build it with the project's Keras builder (`model.build`, no
-dropout), train it briefly (seeded), export the float TFLite model and read it back with the
+dropout), train it briefly (seeded; the dense networks --epochs, the CNN on params.yaml's CNN schedule,
+both on the first --train-images training images), export the float TFLite model and read it back with the
 project's parser (`tflite.read`), so both sides start from the same float weights.  Then
 
 * TFLite: the TFLite converter makes a full-integer int8 model (representative dataset = the
@@ -28,7 +29,9 @@ pause).  Also printed: our peak extra memory for the 10k
 batch (resident memory above what it was before the call) against the input + output arrays it
 must hold, each side's accuracy, how often the two agree, and whether our output equals the
 independent int64 references of tests/test_engine.py and tests/test_engine_cnn.py for the whole run
-(both kernels, avx2 and numpy, are checked; the numpy kernel's batched speed is shown too).  Our AVX2 kernel skips the products of
+(every kernel this CPU runs is checked: the native one's paths, avx512_vnni and avx2, and numpy; the
+`kernel` column is the path the engine chose, and the others' batched speed is shown too).  Our native kernel
+skips the products of
 zero inputs (dark pixels), which TFLite does not, so a second table repeats the batched comparison
 on 10k random int8 inputs, where nothing is skipped.  Exits 1 if any output is not exact.
 """
@@ -44,6 +47,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -52,10 +56,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hailopipe import data, model
-from hailopipe.engine import Engine
+from hailopipe.engine import Engine, native
 from hailopipe.formats import tflite
 from hailopipe.quantization import optimizer
 from hailopipe.quantization.config import OptimizeConfig
+from stages import params
+from stages.train import config as train_config
 from tests.test_engine_cnn_avx2 import reference  # (the independent int64 reference, dense and CNN)
 
 CALIB = 2000  # calibration images: the first N validation images, as the pipeline's default
@@ -204,19 +210,22 @@ def bench_net(cfg: model.TrainConfig, arrays, args, workdir: Path) -> dict:
     lite_batch, lite_one = Lite(blob, len(x_val)), Lite(blob, 1)
     q_val = lite_batch.quantize(x_val)
     ours, ours_numpy = Engine(qnet), Engine(qnet, kernel="numpy")
+    others = {p: Engine(qnet, kernel=p).run for p in native.paths() if p != ours.kernel}  # the slower native paths
     ref = reference(qnet, q_val)
     out_ours, out_numpy, out_lite = ours.run(q_val), ours_numpy.run(q_val), lite_batch(q_val).copy()
-    exact = bool(np.array_equal(out_ours.astype(np.int64), ref)) and bool(np.array_equal(out_numpy.astype(np.int64), ref))
+    exact = all(np.array_equal(out.astype(np.int64), ref)
+                for out in (out_ours, out_numpy, *(run(q_val) for run in others.values())))
     if not np.array_equal(q_val.astype(np.int16), arrays["x_test"][..., None].astype(np.int16) - 128):
         logging.warning("TFLite's input quantization is not pixel - 128; both sides still get the same integers")
 
-    rate, cpu_rate, rounds = batched({"ours": ours.run, "lite": lite_batch, "numpy": ours_numpy.run}, q_val, args.repeats)
+    rate, cpu_rate, rounds = batched({"ours": ours.run, "lite": lite_batch, "numpy": ours_numpy.run, **others}, q_val,
+                                     args.repeats)
     q_rand = np.random.default_rng(0).integers(-128, 128, q_val.shape).astype(np.int8)  # no zeros to skip
     exact = exact and bool(np.array_equal(ours.run(q_rand).astype(np.int64), reference(qnet, q_rand)))
     rate_rand, _, _ = batched({"ours": ours.run, "lite": lite_batch}, q_rand, args.repeats)
     lat = singles({"ours": ours.run, "lite": lite_one}, q_val[:args.singles], args.repeats)
     extra = peak_extra_bytes(lambda: ours.run(q_val))
-    return {"name": net_name(cfg), "kernel": ours.kernel, "rate": rate, "cpu_rate": cpu_rate,
+    return {"name": net_name(cfg), "kernel": ours.kernel, "others": list(others), "rate": rate, "cpu_rate": cpu_rate,
             "rounds": rounds, "rate_rand": rate_rand, "lat": lat,
             "extra": extra, "io": q_val.nbytes + len(q_val) * ours.out_features * ours.output_dtype.itemsize,
             "acc_ours": float((out_ours.argmax(1) == y_val).mean()), "acc_lite": float((out_lite.argmax(1) == y_val).mean()),
@@ -227,7 +236,7 @@ def print_table(rows: list[dict], args) -> None:
     print(f"\nEngine vs TFLite int8 (LiteRT, XNNPACK, 2 threads); 10k validation images; best of {args.repeats} "
           f"rounds on a shared {os.cpu_count()}-core machine; CPU flags: {cpu_flags()}; "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
-    head = (f"{'network':<17}{'kernel':<7}{'batch Mimg/s ours':>18}{'TFLite':>8}{'ratio':>7}{'numpy':>7} |"
+    head = (f"{'network':<17}{'kernel':<12}{'batch Mimg/s ours':>18}{'TFLite':>8}{'ratio':>7}{'numpy':>7} |"
             f"{'per CPU-s ours':>15}{'TFLite':>8}{'ratio':>7} |"
             f"{'1-image us ours':>16}{'(p99)':>8}{'TFLite':>8}{'(p99)':>8}{'ratio':>7} |"
             f"{'extra MB':>9}{'in+out MB':>10} |{'acc ours':>9}{'TFLite':>8}{'agree':>7}{'exact':>7}")
@@ -235,7 +244,7 @@ def print_table(rows: list[dict], args) -> None:
     print("-" * len(head))
     for r in rows:
         (om, op), (lm, lp) = r["lat"]["ours"], r["lat"]["lite"]
-        print(f"{r['name']:<17}{r['kernel']:<7}{r['rate']['ours'] / 1e6:>18.3f}{r['rate']['lite'] / 1e6:>8.3f}"
+        print(f"{r['name']:<17}{r['kernel']:<12}{r['rate']['ours'] / 1e6:>18.3f}{r['rate']['lite'] / 1e6:>8.3f}"
               f"{r['rate']['ours'] / r['rate']['lite']:>7.2f}{r['rate']['numpy'] / 1e6:>7.3f} |"
               f"{r['cpu_rate']['ours'] / 1e6:>15.3f}{r['cpu_rate']['lite'] / 1e6:>8.3f}"
               f"{r['cpu_rate']['ours'] / r['cpu_rate']['lite']:>7.2f} |"
@@ -247,6 +256,10 @@ def print_table(rows: list[dict], args) -> None:
     for r in rows:
         lo, med, hi = np.percentile(r["rounds"], [0, 50, 100])
         print(f"{r['name']:<17}min {lo:.2f}  median {med:.2f}  max {hi:.2f}")
+    if any(r["others"] for r in rows):
+        print("\nThe kernel's other paths on this CPU, same rounds (batched Mimg/s; the same bits, checked above):")
+        for r in rows:
+            print(f"{r['name']:<17}" + "  ".join(f"{p} {r['rate'][p] / 1e6:.3f}" for p in r["others"]))
     print("\nThe same, batched over 10k random int8 inputs (dense: none of the dark pixels our kernel skips):")
     for r in rows:
         rr = r["rate_rand"]
@@ -265,7 +278,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15, help="rounds per measurement; the best is reported")
     ap.add_argument("--singles", type=int, default=1000, help="images per single-image round")
     ap.add_argument("--train-images", type=int, default=20000, help="training images for the brief training")
-    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--epochs", type=int, default=1, help="the dense networks' (the CNN trains on params.yaml's schedule)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -281,9 +294,9 @@ def main() -> None:
         model.cnn_blocks(conv, 3)
     except ValueError:
         sys.exit(f"error: --cnn {args.cnn!r}: expected conv filters like 8,16,16 that fit a 28x28 image")
-    if conv:
-        # a higher learning rate than params.yaml's: the brief training then reaches a usual accuracy
-        cfgs.append(model.TrainConfig(arch="cnn", conv=conv, dropout=0.0, epochs=args.epochs, learning_rate=0.01))
+    if conv:  # params.yaml's CNN schedule (train.epochs.cnn, train.learning_rate.cnn), on --train-images
+        cnn = train_config(params.load(str(ROOT / "params.yaml")), "cnn")
+        cfgs.append(replace(cnn, conv=conv, dropout=0.0))
     arrays = data.load_official()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import yaml
 
+from hailopipe.engine import native
 from tests.conftest import ROOT, SUBSET
 
 FLAGS = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
@@ -124,6 +125,8 @@ def _run_stages(repo: Path, **env) -> dict[str, str]:
 def after_train_variants() -> dict[str, dict]:
     variants = {"default": {}, "numpy engine kernel": {"HAILOPIPE_KERNEL": "numpy"},
                 "one BLAS thread": {"OPENBLAS_NUM_THREADS": "1"}}
+    if len(native.paths()) > 1:  # the default runs the best path: the others too
+        variants.update({f"{path} engine path": {"HAILOPIPE_KERNEL": path} for path in native.paths()[1:]})
     variants.update({f"OPENBLAS_CORETYPE={core}": {"OPENBLAS_CORETYPE": core, "HAILOPIPE_KERNEL": "numpy"}
                      for core, needs in OPENBLAS_CORES if needs <= FLAGS})
     if shutil.which("taskset"):

@@ -1,7 +1,9 @@
-"""The integer engine against an independent int64 reference, on random networks and inputs, for both
-kernels (the compiled AVX2 one and the numpy/BLAS one), through every entry point."""
+"""The integer engine against an independent int64 reference, on random networks and inputs, for every
+kernel this CPU runs (the compiled one's paths, AVX-512 VNNI and AVX2, and the numpy/BLAS one), through
+every entry point."""
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from hailopipe.quantization.config import OptimizeConfig
 from hailopipe.quantization.qnetwork import QNetwork
 from tests.conftest import random_network
 
-KERNELS = ["avx2", "numpy"]
+KERNELS = [*native.PATHS, "numpy"]
 
 
 def reference(qnet, q_in: np.ndarray) -> np.ndarray:
@@ -40,10 +42,17 @@ def make_qnet(hidden, seed, precision, per_channel, wide=False, net=None):
     return optimizer.quantize_network(net, calib, cfg)
 
 
+def skip_unless_runs(kernel) -> None:
+    """Skip where `kernel` is a native path this machine cannot run."""
+    if kernel in native.PATHS and native.load_kernel()[0] is None:
+        pytest.skip(f"native kernel unavailable here: {native.load_kernel()[1]}")
+    if kernel in native.PATHS and kernel not in native.paths():
+        pytest.skip(f"this CPU lacks {kernel}")
+
+
 def make_engine(qnet, kernel, **kw) -> Engine:
-    """Engine(qnet, kernel); skips where the AVX2 kernel cannot run on this machine at all."""
-    if kernel == "avx2" and native.load_kernel()[0] is None:
-        pytest.skip(f"AVX2 kernel unavailable here: {native.load_kernel()[1]}")
+    """Engine(qnet, kernel); skips where that kernel cannot run on this machine at all."""
+    skip_unless_runs(kernel)
     e = Engine(qnet, kernel=kernel, **kw)
     assert e.kernel == kernel
     return e
@@ -71,7 +80,7 @@ CASES = [((32, 16), {}, True), ((64,), {}, False), ((128, 64), {"fc3": "a16_w16"
 def test_engine_equals_int64_reference(hidden, precision, per_channel, seed, kernel):
     qnet = make_qnet(hidden, seed, precision, per_channel)
     q_in = random_inputs(qnet, 257, 100 + seed)
-    if kernel == "avx2" and precision:  # 16-bit weights: the int32 accumulators are not provably exact
+    if kernel in native.PATHS and precision:  # 16-bit weights: the int32 accumulators are not provably exact
         assert not all(avx2_exact(layer) for layer in qnet.layers)
         with pytest.raises(PipelineError, match="int32"):
             make_engine(qnet, kernel)
@@ -227,6 +236,20 @@ def test_kernel_build_is_cached_and_failure_falls_back(tmp_path, monkeypatch):
     assert native._build(tmp_path) == lib and lib.stat().st_mtime_ns == stamp  # reused, not rebuilt
     monkeypatch.setenv("HAILOPIPE_CACHE", str(tmp_path / "fresh"))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    fn, why = native._load()
-    assert fn is None and "could not build _qkernel.c" in why
+    fn, why, paths = native._load()
+    assert fn is None and "could not build _qkernel.c" in why and paths == ()
     assert not list((tmp_path / "fresh").glob("*.so"))  # no half-written library left behind
+
+
+def test_auto_runs_the_best_native_path_this_cpu_has():
+    """The paths the kernel reports are the CPU's own flags (/proc/cpuinfo), "auto" takes the best,
+    and asking for a path the CPU lacks is one clear error."""
+    if native.load_kernel()[0] is None:
+        pytest.skip(f"native kernel unavailable here: {native.load_kernel()[1]}")
+    flags = set(Path("/proc/cpuinfo").read_text().split())
+    assert set(native.paths()) == {"avx2"} | ({"avx512_vnni"} if {"avx512bw", "avx512_vnni"} <= flags else set())
+    qnet = make_qnet((32, 16), 0, {}, True)
+    assert Engine(qnet).kernel == native.paths()[0]
+    for path in set(native.PATHS) - set(native.paths()):
+        with pytest.raises(PipelineError, match=f"the {path} kernel cannot run on this CPU, which runs avx2"):
+            Engine(qnet, kernel=path)

@@ -1,4 +1,5 @@
-"""The engine's AVX2 kernel (`_qkernel.c`) on convolutional networks, against the independent int64
+"""The engine's native kernel (`_qkernel.c`), on each path this CPU runs (AVX2, AVX-512 VNNI), on
+convolutional networks, against the independent int64
 reference of tests/test_engine_cnn.py: every non-depthwise conv case of that file as a network of
 its own, then followed by a max pool (SAME and VALID, 2x2 and 3x3, strides 1-2) and a dense layer
 (the flatten of padded channels), networks ending in a conv or a pool (NHWC output streams), a pool
@@ -59,8 +60,13 @@ def reference(qnet: QNetwork, q: np.ndarray) -> np.ndarray:
 
 
 def check(qnet: QNetwork, rng, n=37) -> None:
-    e = Engine(qnet, kernel="avx2")
-    assert e.kernel == "avx2"
+    for path in native.paths():
+        check_path(qnet, np.random.default_rng(rng.integers(1 << 30)), path, n)
+
+
+def check_path(qnet: QNetwork, rng, path: str, n: int) -> None:
+    e = Engine(qnet, kernel=path)
+    assert e.kernel == path
     bits = qnet.input_bits
     q = inputs(qnet.input_shape, bits, qnet.input_zp, rng, n=n - 4)
     want = reference(qnet, q)
@@ -132,7 +138,8 @@ def test_large_batches_split_among_threads():
     q = inputs(conv.in_shape, 8, conv.in_zp, rng, n=1001).reshape(-1, int(np.prod(conv.in_shape)))
     want = Engine(qnet, kernel="numpy").run(q)
     for threads in (1, 2, 3):
-        np.testing.assert_array_equal(Engine(qnet, kernel="avx2", threads=threads).run(q), want)
+        for path in native.paths():
+            np.testing.assert_array_equal(Engine(qnet, kernel=path, threads=threads).run(q), want)
 
 
 @pytest.mark.parametrize("what", ["depthwise", "avgpool", "a16_w16"])

@@ -1,4 +1,4 @@
-/* The integer engine's x86-64 AVX2 kernel: a chain of quantized Dense layers, bit-exact.
+/* The integer engine's x86-64 kernel: a chain of quantized layers, bit-exact, on AVX2 or AVX-512 VNNI.
  *
  * Built and loaded by hailopipe/engine/native.py (which compiles this file with the system C compiler on
  * first use and caches the shared library); the math is derived in hailopipe/quantization/arithmetic.py.  Per layer,
@@ -26,6 +26,10 @@
  *     packed[cb][j][c][t] = w[2j + t][16 cb + c]      (cb: block of 16 channels, j: input pair)
  * and the activation pair (x[2j], x[2j+1]) is broadcast as one 32-bit value.  A register tile holds
  * MR rows x 16 channels of int32 accumulators (rows left over from a multiple of MR: 1 row x 32).
+ * On CPUs with AVX-512 BW and VNNI (`qk_paths`; the caller picks the path per call) the same
+ * products run as vpdpwssd on 64-byte registers (`tile512`): one instruction multiplies a broadcast
+ * pair by the 32 weights of a block and adds both products into its 16 int32 accumulators, and a
+ * tile holds MR rows x 32 channels.  The sums are the same integers, so the bits are the same.
  *
  * Requantization, 8 channels at a time: vpmuldq gives the exact 64-bit products of the even lanes
  * (and, after a 32-bit shift, of the odd ones); AVX2 has no 64-bit arithmetic right shift, so
@@ -83,9 +87,21 @@ enum { DENSE = 0, CONV = 1, MAXPOOL = 2 };
 /* Input and output kinds: the storage integers q, or the unsigned stream values u = q - qmin. */
 enum { Q8 = 0, U8 = 1, Q16 = 2, U16 = 3 };
 
+enum { PATH_AVX2 = 0, PATH_AVX512_VNNI = 1 }; /* qk_run's `path` */
+
 int qk_cpu_ok(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2");
+}
+
+/* The paths this CPU runs, as bits (1 << PATH_...): AVX2, and AVX-512 VNNI where the CPU has the
+   AVX-512 foundation, byte/word and VNNI extensions (Ice Lake and later Xeons, Zen 4). */
+int qk_paths(void) {
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx2")) return 0;
+    const int vnni = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                     __builtin_cpu_supports("avx512vnni");
+    return 1 << PATH_AVX2 | (vnni ? 1 << PATH_AVX512_VNNI : 0);
 }
 
 __attribute__((target("avx2"))) static inline __m256i requant8(__m256i acc, const qk_layer *L, int c) {
@@ -147,6 +163,47 @@ __attribute__((target("avx2"), always_inline)) static inline void tile(const qk_
         }
 }
 
+/* The same tile with AVX-512 VNNI (the path PATH_AVX512_VNNI): one 64-byte register holds the 16
+   channels of a block, whose 32 packed weights of an input pair widen to 32 int16 in one vpmovsxbw,
+   and vpdpwssd multiplies them by the broadcast pair and adds both products into the int32
+   accumulators in one instruction (32 multiply-adds; AVX2 needs four instructions for as many).  The
+   same products and the same sums, hence the same bits.  nb counts blocks of 16 channels here. */
+#define TARGET512 __attribute__((target("avx2,avx512f,avx512bw,avx512vnni"), always_inline)) static inline
+TARGET512 void tile512(const qk_layer *L, const int16_t *x, int ldx, int16_t *y, int ldy, int cb, const int mr,
+                       const int nb, const uint16_t *pairs, int count) {
+    const int8_t *w = L->w + (size_t)cb * (L->Kp / 2) * 32;
+    const size_t block = (size_t)(L->Kp / 2) * 32;
+    __m512i acc[MR][2];
+#pragma GCC unroll 4
+    for (int r = 0; r < mr; r++)
+#pragma GCC unroll 2
+        for (int v = 0; v < nb; v++) acc[r][v] = _mm512_loadu_si512((const void *)(L->bias + (cb + v) * 16));
+    for (int i = 0; i < count; i++) {
+        const int j = pairs ? pairs[i] : i;
+        __m512i wv[2];
+#pragma GCC unroll 2
+        for (int v = 0; v < nb; v++)
+            wv[v] = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w + v * block + j * 32)));
+#pragma GCC unroll 4
+        for (int r = 0; r < mr; r++) {
+            int32_t pair;
+            memcpy(&pair, x + (size_t)r * ldx + 2 * j, 4);
+            const __m512i xb = _mm512_set1_epi32(pair);
+#pragma GCC unroll 2
+            for (int v = 0; v < nb; v++) acc[r][v] = _mm512_dpwssd_epi32(acc[r][v], xb, wv[v]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < mr; r++)
+#pragma GCC unroll 2
+        for (int v = 0; v < nb; v++) {
+            const int c = (cb + v) * 16;
+            __m256i q = _mm256_packs_epi32(requant8(_mm512_castsi512_si256(acc[r][v]), L, c),
+                                           requant8(_mm512_extracti64x4_epi64(acc[r][v], 1), L, c + 8));
+            _mm256_storeu_si256((__m256i *)(y + (size_t)r * ldy + c), _mm256_permute4x64_epi64(q, 0xD8));
+        }
+}
+
 /* Writes the pairs j < kh with a nonzero (x[2j], x[2j+1]) in any of `rows` rows into `pairs`, in
    increasing order, and returns their number, or returns kh without writing when fewer than a fifth
    are zero: then the plain loop over all pairs is cheaper than the list's indirection. */
@@ -168,25 +225,41 @@ __attribute__((target("avx2"))) static int nonzero_pairs(const int16_t *x, int l
     return n;
 }
 
-/* One layer for nr <= CH rows; `pairs` has room for (CH / MR + MR) lists of Kp / 2. */
-__attribute__((target("avx2"))) static void layer(const qk_layer *L, const int16_t *x, int16_t *y, int nr,
-                                                  uint16_t *pairs) {
-    const int kh = L->Kp / 2, blocks = L->Cp / 16, bulk = nr - nr % MR;
-    int count[CH / MR + MR], t = 0;
-    for (int r = 0; r < bulk; r += MR, t++) count[t] = nonzero_pairs(x + (size_t)r * L->Kp, L->Kp, MR, kh, pairs + t * kh);
-    for (int r = bulk; r < nr; r++, t++) count[t] = nonzero_pairs(x + (size_t)r * L->Kp, L->Kp, 1, kh, pairs + t * kh);
-    const uint16_t *list[CH / MR + MR];
-    for (int i = 0; i < t; i++) list[i] = count[i] < kh ? pairs + i * kh : NULL;
-    for (int cb = 0; cb < blocks; cb++)
-        for (int r = 0, t = 0; r < bulk; r += MR, t++)
-            tile(L, x + (size_t)r * L->Kp, L->Kp, y + (size_t)r * L->Cp, L->Cp, cb, MR, 1, list[t], count[t]);
-    for (int r = bulk, t = bulk / MR; r < nr; r++, t++) {
-        const int16_t *xr = x + (size_t)r * L->Kp;
-        int16_t *yr = y + (size_t)r * L->Cp;
-        int cb = 0;
-        for (; cb + 2 <= blocks; cb += 2) tile(L, xr, L->Kp, yr, L->Cp, cb, 1, 2, list[t], count[t]);
-        if (cb < blocks) tile(L, xr, L->Kp, yr, L->Cp, cb, 1, 1, list[t], count[t]);
+/* One layer for nr <= CH rows; `pairs` has room for (CH / MR + MR) lists of Kp / 2.  The pair lists
+   are made once per tile of rows; then every block of 16 channels runs through TILE: MR rows x BULK
+   blocks at a time, the rows left over one at a time x LEFT blocks, which shares each broadcast. */
+#define DEFINE_LAYER(name, isa, TILE, BULK, LEFT)                                                          \
+    __attribute__((target(isa))) static void name(const qk_layer *L, const int16_t *x, int16_t *y, int nr,      \
+                                                     uint16_t *pairs) {                                             \
+        const int kh = L->Kp / 2, blocks = L->Cp / 16, bulk = nr - nr % MR;                                         \
+        int count[CH / MR + MR], t = 0;                                                                             \
+        for (int r = 0; r < bulk; r += MR, t++)                                                                     \
+            count[t] = nonzero_pairs(x + (size_t)r * L->Kp, L->Kp, MR, kh, pairs + t * kh);                         \
+        for (int r = bulk; r < nr; r++, t++) count[t] = nonzero_pairs(x + (size_t)r * L->Kp, L->Kp, 1, kh, pairs + t * kh); \
+        const uint16_t *list[CH / MR + MR];                                                                         \
+        for (int i = 0; i < t; i++) list[i] = count[i] < kh ? pairs + i * kh : NULL;                               \
+        int cb = 0;                                                                                                 \
+        for (; cb + BULK <= blocks; cb += BULK)                                                                     \
+            for (int r = 0, t = 0; r < bulk; r += MR, t++)                                                          \
+                TILE(L, x + (size_t)r * L->Kp, L->Kp, y + (size_t)r * L->Cp, L->Cp, cb, MR, BULK, list[t], count[t]); \
+        for (; cb < blocks; cb++)                                                                                   \
+            for (int r = 0, t = 0; r < bulk; r += MR, t++)                                                          \
+                TILE(L, x + (size_t)r * L->Kp, L->Kp, y + (size_t)r * L->Cp, L->Cp, cb, MR, 1, list[t], count[t]); \
+        for (int r = bulk, t = bulk / MR; r < nr; r++, t++) {                                                       \
+            const int16_t *xr = x + (size_t)r * L->Kp;                                                             \
+            int16_t *yr = y + (size_t)r * L->Cp;                                                                    \
+            int c2 = 0;                                                                                             \
+            for (; c2 + LEFT <= blocks; c2 += LEFT) TILE(L, xr, L->Kp, yr, L->Cp, c2, 1, LEFT, list[t], count[t]); \
+            for (; c2 < blocks; c2++) TILE(L, xr, L->Kp, yr, L->Cp, c2, 1, 1, list[t], count[t]);              \
+        }                                                                                                           \
     }
+
+DEFINE_LAYER(layer_avx2, "avx2", tile, 1, 2)
+DEFINE_LAYER(layer_avx512, "avx2,avx512f,avx512bw,avx512vnni", tile512, 2, 2)
+
+static void layer(const qk_layer *L, const int16_t *x, int16_t *y, int nr, uint16_t *pairs, int path) {
+    if (path == PATH_AVX512_VNNI) layer_avx512(L, x, y, nr, pairs);
+    else layer_avx2(L, x, y, nr, pairs);
 }
 
 typedef struct {
@@ -198,6 +271,7 @@ typedef struct {
     int ch;                                   /* images per chunk (<= CH) */
     size_t buf_bytes, patch_bytes, mem_bytes; /* one activation buffer, the patch rows, a thread's memory */
     int failed;
+    int path;                                 /* PATH_AVX2 or PATH_AVX512_VNNI */
 } job_t;
 
 /* int16 values per image of a layer's input and of its output in the chunk buffers */
@@ -283,7 +357,7 @@ __attribute__((target("avx2"), always_inline)) static inline void gather(const q
 
 /* A conv layer on ni images: CH output positions at a time, gathered into patch rows, then `layer`. */
 __attribute__((target("avx2"))) static void conv(const qk_layer *L, const int16_t *x, int16_t *y, int ni,
-                                                 int16_t *patch, uint16_t *pairs) {
+                                                 int16_t *patch, uint16_t *pairs, int path) {
     const int64_t P = (int64_t)L->OH * L->OW, rows = ni * P, image = (int64_t)L->H * L->W * L->ldi;
     const int Ci = L->Ci, K = L->kh * L->kw * Ci, k33 = L->kh == 3 && L->kw == 3;
     for (int r = 0; r < CH; r++) memset(patch + (size_t)r * L->Kp + K, 0, (size_t)(L->Kp - K) * 2);
@@ -303,7 +377,7 @@ __attribute__((target("avx2"))) static void conv(const qk_layer *L, const int16_
                 if (++oh == L->OH) oh = 0, img++;
             }
         }
-        layer(L, patch, y + r0 * L->Cp, nr, pairs);
+        layer(L, patch, y + r0 * L->Cp, nr, pairs, path);
     }
 }
 
@@ -359,9 +433,9 @@ static void run_chunks(job_t *J, char *mem) {
             const qk_layer *L = &J->L[i];
             if (L->kind == DENSE && i > 0 && J->L[i - 1].kind != DENSE)
                 flatten(&J->L[i - 1], L, x, y, nr), t = x, x = y, y = t;
-            if (L->kind == CONV) conv(L, x, y, nr, patch, pairs);
+            if (L->kind == CONV) conv(L, x, y, nr, patch, pairs, J->path);
             else if (L->kind == MAXPOOL) maxpool(L, x, y, nr);
-            else layer(L, x, y, nr, pairs);
+            else layer(L, x, y, nr, pairs, J->path);
             t = x, x = y, y = t;
         }
         store_rows(J, r0, nr, x);
@@ -397,7 +471,8 @@ static void caller_work(job_t *J) {
 /* Run n images (rows) of `in` through the nl layers into `out`; 0 on success, -1 if memory ran out.
    A chunk is CH images of a dense network; of a convolutional one, as many (1..CH) as keep its
    largest activation buffer near 128 KiB. */
-int qk_run(const qk_layer *L, int nl, const void *in, int in_kind, int64_t n, void *out, int out_kind, int nthreads) {
+int qk_run(const qk_layer *L, int nl, const void *in, int in_kind, int64_t n, void *out, int out_kind, int nthreads,
+           int path) {
     int64_t widest_img = 0;
     int widest = 0, patch = 0, spatial = 0;
     for (int i = 0; i < nl; i++) {
@@ -416,7 +491,8 @@ int qk_run(const qk_layer *L, int nl, const void *in, int in_kind, int64_t n, vo
     }
     const size_t buf = ALIGN64((size_t)ch * widest_img * 2), patches = ALIGN64((size_t)CH * patch * 2);
     const size_t lists = (CH / MR + MR) * (size_t)widest * 2;
-    job_t J = {L, nl, in_kind, out_kind, in, out, n, 0, ch, buf, patches, 2 * buf + patches + ALIGN64(lists), 0};
+    job_t J = {L, nl, in_kind, out_kind, in, out, n, 0, ch, buf, patches, 2 * buf + patches + ALIGN64(lists), 0,
+               path};
     const int64_t chunks = (n + ch - 1) / ch;
     int extra = nthreads - 1;
     if (extra > chunks / 2) extra = (int)(chunks / 2); /* a thread is worth starting for two chunks or more */

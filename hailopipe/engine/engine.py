@@ -35,8 +35,12 @@ of the layer's exact output for every possible input value, per channel (`normal
 computed by `run_layer` itself), skipped when it is the identity, as it is for the default
 normalization([0], [255]) (raw pixels, scale 1, become the same integers at scale 1/255).
 
-`Engine(qnet, kernel=...)` picks one: "auto" (the default, or `$HAILOPIPE_KERNEL`), "avx2" (an error
-if it cannot run) or "numpy".  `Engine.kernel` tells which one runs.
+The native kernel has two paths for its products, the same bits on either: `avx512_vnni` (AVX-512's
+vpdpwssd, 16 channels and both products of an input pair per instruction) where the CPU has
+AVX-512 BW and VNNI, else `avx2`.  `Engine(qnet, kernel=...)` picks one: "auto" (the default, or
+`$HAILOPIPE_KERNEL`: the best native path this CPU runs, else numpy), "avx512_vnni" or "avx2" (an
+error if it cannot run) or "numpy".  `Engine.kernel` tells which one runs; the first engine on a
+native path logs it.
 """
 
 from __future__ import annotations
@@ -60,7 +64,8 @@ F32_EXACT = 1 << 24
 F64_EXACT = 1 << 53
 I32_LIMIT = 1 << 31
 CHUNK = 2048  # rows per chunk of the numpy path
-KERNELS = ("auto", "avx2", "numpy")
+KERNELS = ("auto", *native.PATHS, "numpy")
+_logged: set = set()  # the native paths whose choice this process has logged
 
 
 def _usable_cpus() -> int:
@@ -127,13 +132,16 @@ class Engine:
         if kernel != "numpy":
             fn, why = native.load_kernel()
             wide = [layer.name for layer in qnet.layers if not avx2_exact(layer)]
+            if fn is not None and kernel in native.PATHS and kernel not in native.paths():
+                raise PipelineError(f"engine: the {kernel} kernel cannot run on this CPU, which runs "
+                                    f"{', '.join(native.paths())}")
             if fn is not None and not wide:
-                self._prepare_avx2(fn)
+                self._prepare_avx2(fn, kernel if kernel in native.PATHS else native.paths()[0])
                 return
-            if kernel == "avx2":
+            if kernel in native.PATHS:
                 why = why or (f"layers {', '.join(wide)} are depthwise convs or average pools, have 16-bit weights "
                               "or may exceed int32 accumulators")
-                raise PipelineError(f"engine: the avx2 kernel cannot run {qnet.name}: {why}")
+                raise PipelineError(f"engine: the {kernel} kernel cannot run {qnet.name}: {why}")
         if _spatial(qnet):
             self._prepare_spatial(kernel, threads)
         else:
@@ -176,10 +184,14 @@ class Engine:
                 h, _out_bits(self.qnet.layers[-1]))
         return out
 
-    def _prepare_avx2(self, fn) -> None:
+    def _prepare_avx2(self, fn, path: str) -> None:
         """The layers as `qk_layer` structs (_qkernel.c): Dense, conv and max pool layers, each
-        storing its output as q - the offset of the layer after it (q itself for the last)."""
-        self.kernel, self._fn = "avx2", fn
+        storing its output as q - the offset of the layer after it (q itself for the last); their
+        products on `path` (native.PATHS)."""
+        self.kernel, self._fn, self._path = path, fn, native.PATHS[path]
+        if path not in _logged:
+            _logged.add(path)
+            log.info("engine: native kernel, %s path (this CPU runs %s)", path, ", ".join(native.paths()))
         self._arrays, self._structs = [], (native.QkLayer * len(self.qnet.layers))()
         layers = self.qnet.layers
         Kp, ld = native.round_up(self.in_features, 16), int(self.qnet.input_shape[-1])
@@ -274,9 +286,9 @@ class Engine:
     def _run(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         if hasattr(self, "_steps"):
             return self._run_spatial(x, out)
-        if self.kernel == "avx2":
+        if self.kernel in native.PATHS:
             if self._fn(self._structs_ptr, len(self._structs), native.address(x), native.KINDS[x.dtype], len(x),
-                        native.address(out), native.KINDS[out.dtype], self.threads):
+                        native.address(out), native.KINDS[out.dtype], self.threads, self._path):
                 raise MemoryError("engine: could not allocate the kernel's row buffers")
             return out
         signed_in, signed_out = x.dtype.kind == "i", out.dtype.kind == "i"

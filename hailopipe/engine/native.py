@@ -5,7 +5,8 @@
 The source is compiled with the system C compiler (`$CC`, default `cc`) and cached under
 `$HAILOPIPE_CACHE` (default `~/.cache/hailopipe`), keyed by a hash of the source and flags (a new
 build deletes the libraries of earlier versions; a process that has one loaded keeps its mapping).
-It runs only on x86-64 CPUs with AVX2 (`qk_cpu_ok`).  `QkLayer` mirrors the C struct `qk_layer` and
+It runs only on x86-64 CPUs with AVX2 (`qk_cpu_ok`), and its products also on AVX-512 VNNI where the
+CPU has it (`paths()`, chosen per call: the same bits on either).  `QkLayer` mirrors the C struct `qk_layer` and
 `pack_layer` puts a quantized layer into the layout the C header documents.  `engine.Engine`
 decides when to use it.
 """
@@ -45,10 +46,12 @@ class QkLayer(ctypes.Structure):
 
 
 DENSE, CONV, MAXPOOL = 0, 1, 2  # qk_layer.kind
+# qk_run's `path`, best first: the instruction sets the kernel's products can run on (same bits on each)
+PATHS = {"avx512_vnni": 1, "avx2": 0}
 
 
 _lib_lock = threading.Lock()
-_lib: list = []  # [ctypes function or None, reason], filled once per process
+_lib: list = []  # [ctypes function or None, reason, paths], filled once per process
 
 
 def _build(cache: Path) -> Path:
@@ -83,12 +86,20 @@ def load_kernel():
             _lib.extend(_load())
             if _lib[0] is None:
                 log.info("engine: AVX2 kernel unavailable (%s); using the numpy kernel", _lib[1])
+            else:
+                log.debug("engine: native paths on this CPU: %s", ", ".join(_lib[2]))
         return _lib[0], _lib[1]
+
+
+def paths() -> tuple[str, ...]:
+    """The kernel's paths (PATHS) this CPU runs, best first; () where the kernel cannot run."""
+    load_kernel()
+    return _lib[2]
 
 
 def _load():
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        return None, f"CPU is {platform.machine()}, not x86-64"
+        return None, f"CPU is {platform.machine()}, not x86-64", ()
     cache = Path(os.environ.get("HAILOPIPE_CACHE") or Path.home() / ".cache" / "hailopipe")
     try:
         try:
@@ -99,14 +110,15 @@ def _load():
         lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", "") or str(exc)
-        return None, f"could not build {SOURCE.name}: {detail.strip().splitlines()[-1] if detail.strip() else exc}"
+        return None, f"could not build {SOURCE.name}: {detail.strip().splitlines()[-1] if detail.strip() else exc}", ()
     if not lib.qk_cpu_ok():
-        return None, "CPU lacks AVX2"
+        return None, "CPU lacks AVX2", ()
     fn = lib.qk_run
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_void_p,
-                   ctypes.c_int, ctypes.c_int]
+                   ctypes.c_int, ctypes.c_int, ctypes.c_int]
     fn.restype = ctypes.c_int
-    return fn, ""
+    bits = lib.qk_paths()
+    return fn, "", tuple(name for name, code in PATHS.items() if bits >> code & 1)
 
 
 def address(a: np.ndarray) -> int:
