@@ -236,7 +236,7 @@ def test_kernel_build_is_cached_and_failure_falls_back(tmp_path, monkeypatch):
     assert native._build(tmp_path) == lib and lib.stat().st_mtime_ns == stamp  # reused, not rebuilt
     monkeypatch.setenv("HAILOPIPE_CACHE", str(tmp_path / "fresh"))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    fn, why, paths = native._load()
+    fn, why, paths = native._load(use_installed=False)
     assert fn is None and "could not build _qkernel.c" in why and paths == ()
     assert not list((tmp_path / "fresh").glob("*.so"))  # no half-written library left behind
 
@@ -253,3 +253,22 @@ def test_auto_runs_the_best_native_path_this_cpu_has():
     for path in set(native.PATHS) - set(native.paths()):
         with pytest.raises(PipelineError, match=f"the {path} kernel cannot run on this CPU, which runs avx2"):
             Engine(qnet, kernel=path)
+
+
+def test_the_install_time_build_runs_only_for_its_own_source(tmp_path, monkeypatch):
+    """`pip install` (setup.py) builds the kernel beside its source; the engine loads that build, with
+    no compiler needed at run time, and never a build of another version of the source."""
+    lib = native.installed_library()
+    if not lib.is_file():
+        pytest.skip(f"no install-time build here ({lib.name}: pip install -e . builds it)")
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("HAILOPIPE_CACHE", str(tmp_path / "cache"))
+    fn, why, paths = native._load()
+    assert fn is not None and why == "" and "avx2" in paths  # the compiler is not needed
+    assert not (tmp_path / "cache").exists()
+    edited = tmp_path / "_qkernel.c"
+    edited.write_text(native.SOURCE.read_text() + "\n/* edited */\n")
+    monkeypatch.setattr(native, "SOURCE", edited)
+    monkeypatch.setattr(native, "installed_library", lambda: lib)
+    assert native._installed() is None  # stale for this source: compiled instead (here: no compiler)
+    assert native._load()[0] is None

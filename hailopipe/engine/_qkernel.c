@@ -89,6 +89,11 @@ enum { Q8 = 0, U8 = 1, Q16 = 2, U16 = 3 };
 
 enum { PATH_AVX2 = 0, PATH_AVX512_VNNI = 1 }; /* qk_run's `path` */
 
+#ifndef QK_SOURCE
+#define QK_SOURCE "" /* an install-time build (setup.py) names the hash of the source it was built from */
+#endif
+const char *qk_source(void) { return QK_SOURCE; }
+
 int qk_cpu_ok(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2");
@@ -257,8 +262,11 @@ __attribute__((target("avx2"))) static int nonzero_pairs(const int16_t *x, int l
 DEFINE_LAYER(layer_avx2, "avx2", tile, 1, 2)
 DEFINE_LAYER(layer_avx512, "avx2,avx512f,avx512bw,avx512vnni", tile512, 2, 2)
 
+/* A layer of one block of 16 channels (a small conv) keeps the AVX2 tile on the AVX-512 path: there
+   the wide tile does the same instructions' work in fewer, slower ones (measured in
+   bench/engine_speed.py: the MNIST CNN ran 8 % slower with it). */
 static void layer(const qk_layer *L, const int16_t *x, int16_t *y, int nr, uint16_t *pairs, int path) {
-    if (path == PATH_AVX512_VNNI) layer_avx512(L, x, y, nr, pairs);
+    if (path == PATH_AVX512_VNNI && L->Cp >= 32) layer_avx512(L, x, y, nr, pairs);
     else layer_avx2(L, x, y, nr, pairs);
 }
 

@@ -1,10 +1,14 @@
-"""The engine's native kernel: `_qkernel.c`, compiled on first use, loaded with ctypes.
+"""The engine's native kernel: `_qkernel.c`, built at install time or on first use, loaded with ctypes.
 
     fn, why = native.load_kernel()   # the `qk_run` function, or (None, why it is unavailable)
 
-The source is compiled with the system C compiler (`$CC`, default `cc`) and cached under
-`$HAILOPIPE_CACHE` (default `~/.cache/hailopipe`), keyed by a hash of the source and flags (a new
-build deletes the libraries of earlier versions; a process that has one loaded keeps its mapping).
+`pip install` builds it (setup.py) next to its source, as `_qkernel.<python's extension suffix>`,
+recording the hash of the source it was built from; that library is used while the hash matches the
+source beside it.  Otherwise (no compiler at install time, an edited source) the source is compiled
+on first use with the system C compiler (`$CC`, default `cc`) and cached under `$HAILOPIPE_CACHE`
+(default `~/.cache/hailopipe`), keyed by a hash of the source and flags (a new build deletes the
+libraries of earlier versions; a process that has one loaded keeps its mapping); without a compiler
+the engine runs its numpy path.
 It runs only on x86-64 CPUs with AVX2 (`qk_cpu_ok`), and its products also on AVX-512 VNNI where the
 CPU has it (`paths()`, chosen per call: the same bits on either).  `QkLayer` mirrors the C struct `qk_layer` and
 `pack_layer` puts a quantized layer into the layout the C header documents.  `engine.Engine`
@@ -20,6 +24,7 @@ import logging
 import os
 import platform
 import subprocess
+import sysconfig
 import tempfile
 import threading
 from pathlib import Path
@@ -97,17 +102,39 @@ def paths() -> tuple[str, ...]:
     return _lib[2]
 
 
-def _load():
+def installed_library() -> Path:
+    """Where `pip install` puts the kernel it builds (setup.py)."""
+    return SOURCE.with_name("_qkernel" + sysconfig.get_config_var("EXT_SUFFIX"))
+
+
+def _installed():
+    """The install-time build, loaded, if there is one built from the source beside it; else None."""
+    path = installed_library()
+    if not path.is_file():
+        return None
+    lib = ctypes.CDLL(str(path))
+    lib.qk_source.restype = ctypes.c_char_p
+    if lib.qk_source().decode() != hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]:
+        log.info("engine: %s was built from another version of %s; compiling this one", path.name, SOURCE.name)
+        return None
+    return lib
+
+
+def _load(use_installed: bool = True):
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return None, f"CPU is {platform.machine()}, not x86-64", ()
     cache = Path(os.environ.get("HAILOPIPE_CACHE") or Path.home() / ".cache" / "hailopipe")
     try:
-        try:
-            path = _build(cache)
-        except OSError as exc:  # an unwritable cache (a missing compiler fails again below)
-            log.debug("engine: cache %s unusable (%s); building in the temp dir", cache, exc)
-            path = _build(Path(tempfile.gettempdir()) / f"hailopipe-{os.getuid()}")
-        lib = ctypes.CDLL(str(path))
+        installed = _installed() if use_installed else None
+        if installed is not None:
+            lib = installed
+        else:
+            try:
+                path = _build(cache)
+            except OSError as exc:  # an unwritable cache (a missing compiler fails again below)
+                log.debug("engine: cache %s unusable (%s); building in the temp dir", cache, exc)
+                path = _build(Path(tempfile.gettempdir()) / f"hailopipe-{os.getuid()}")
+            lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", "") or str(exc)
         return None, f"could not build {SOURCE.name}: {detail.strip().splitlines()[-1] if detail.strip() else exc}", ()
