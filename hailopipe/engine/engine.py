@@ -40,7 +40,7 @@ vpdpwssd, 16 channels and both products of an input pair per instruction) where 
 AVX-512 BW and VNNI, else `avx2`.  `Engine(qnet, kernel=...)` picks one: "auto" (the default, or
 `$HAILOPIPE_KERNEL`: the best native path this CPU runs, else numpy), "avx512_vnni" or "avx2" (an
 error if it cannot run) or "numpy".  `Engine.kernel` tells which one runs; the first engine on a
-native path logs it.
+native path logs it at debug level (logger `hailopipe.engine.engine`).
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ class Engine:
         self.kernel, self._fn, self._path = path, fn, native.PATHS[path]
         if path not in _logged:
             _logged.add(path)
-            log.info("engine: native kernel, %s path (this CPU runs %s)", path, ", ".join(native.paths()))
+            log.debug("engine: native kernel, %s path (this CPU runs %s)", path, ", ".join(native.paths()))
         self._arrays, self._structs = [], (native.QkLayer * len(self.qnet.layers))()
         layers = self.qnet.layers
         Kp, ld = native.round_up(self.in_features, 16), int(self.qnet.input_shape[-1])
