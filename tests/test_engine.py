@@ -247,7 +247,9 @@ def test_auto_runs_the_best_native_path_this_cpu_has():
     if native.load_kernel()[0] is None:
         pytest.skip(f"native kernel unavailable here: {native.load_kernel()[1]}")
     flags = set(Path("/proc/cpuinfo").read_text().split())
-    assert set(native.paths()) == {"avx2"} | ({"avx512_vnni"} if {"avx512bw", "avx512_vnni"} <= flags else set())
+    vnni = {"avx512bw", "avx512_vnni"} <= flags
+    want = {"avx2"} | ({"avx512_vnni"} if vnni else set()) | ({"amx"} if vnni and {"amx_tile", "amx_int8"} <= flags else set())
+    assert set(native.paths()) == want
     qnet = make_qnet((32, 16), 0, {}, True)
     assert Engine(qnet).kernel == native.paths()[0]
     for path in set(native.PATHS) - set(native.paths()):

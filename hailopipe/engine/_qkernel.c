@@ -30,6 +30,10 @@
  * products run as vpdpwssd on 64-byte registers (`tile512`): one instruction multiplies a broadcast
  * pair by the 32 weights of a block and adds both products into its 16 int32 accumulators, and a
  * tile holds MR rows x 32 channels.  The sums are the same integers, so the bits are the same.
+ * With AMX (PATH_AMX, where the CPU has AMX-INT8 and the OS grants the tile state), a layer with
+ * 8-bit inputs runs as tile products instead (`layer_amx`: u8 inputs shifted to 0..255 times the
+ * int8 weights, 16 rows x 64 inputs x 16 channels per instruction, no zero skipping); its other
+ * layers run as on the AVX-512 path.
  *
  * Requantization, 8 channels at a time: vpmuldq gives the exact 64-bit products of the even lanes
  * (and, after a 32-bit shift, of the odd ones); AVX2 has no 64-bit arithmetic right shift, so
@@ -57,11 +61,14 @@
  * returns, so no thread outlives a call and fork stays safe; the calling thread keeps its memory for
  * its next call).
  */
+#include <cpuid.h>
 #include <immintrin.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #define MR 4  /* rows per register tile */
 #define CH 32 /* rows per chunk */
@@ -80,6 +87,10 @@ typedef struct {
     int32_t OH, OW;              /* output positions */
     int32_t kh, kw, sh, sw, dh, dw, pt, pl; /* window, strides, dilations, top/left pads */
     int32_t pad;                 /* the stored value of a pad: conv z_x - s, max pool qmin - s */
+    /* The AMX path (see "AMX" above), for a layer with 8-bit inputs; w4 is NULL otherwise. */
+    const int8_t *w4;            /* packed for the tiles: [Cp/16][Ka/64][16][16][4] */
+    const int32_t *bias_u;       /* [Cp] b - uoff sum_k q_w[k, c]: the constant for u = x + uoff */
+    int32_t uoff, Ka;            /* u = x + uoff = q - qmin in 0..255; Ka = Kp rounded up to 64 */
 } qk_layer;
 
 enum { DENSE = 0, CONV = 1, MAXPOOL = 2 };
@@ -87,7 +98,7 @@ enum { DENSE = 0, CONV = 1, MAXPOOL = 2 };
 /* Input and output kinds: the storage integers q, or the unsigned stream values u = q - qmin. */
 enum { Q8 = 0, U8 = 1, Q16 = 2, U16 = 3 };
 
-enum { PATH_AVX2 = 0, PATH_AVX512_VNNI = 1 }; /* qk_run's `path` */
+enum { PATH_AVX2 = 0, PATH_AVX512_VNNI = 1, PATH_AMX = 2 }; /* qk_run's `path` */
 
 #ifndef QK_SOURCE
 #define QK_SOURCE "" /* an install-time build (setup.py) names the hash of the source it was built from */
@@ -106,7 +117,12 @@ int qk_paths(void) {
     if (!__builtin_cpu_supports("avx2")) return 0;
     const int vnni = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                      __builtin_cpu_supports("avx512vnni");
-    return 1 << PATH_AVX2 | (vnni ? 1 << PATH_AVX512_VNNI : 0);
+    unsigned a, b, c, d;
+    /* AMX-TILE and AMX-INT8 (CPUID.7.0:EDX bits 24, 25), and the kernel's leave to use the tile
+       data (Linux's arch_prctl; refused where the OS or the hypervisor does not save the tiles) */
+    const int amx = vnni && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 24 & 3) == 3 &&
+                    syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+    return 1 << PATH_AVX2 | (vnni ? 1 << PATH_AVX512_VNNI : 0) | (amx ? 1 << PATH_AMX : 0);
 }
 
 __attribute__((target("avx2"))) static inline __m256i requant8(__m256i acc, const qk_layer *L, int c) {
@@ -262,11 +278,80 @@ __attribute__((target("avx2"))) static int nonzero_pairs(const int16_t *x, int l
 DEFINE_LAYER(layer_avx2, "avx2", tile, 1, 2)
 DEFINE_LAYER(layer_avx512, "avx2,avx512f,avx512bw,avx512vnni", tile512, 2, 2)
 
-/* A layer of one block of 16 channels (a small conv) keeps the AVX2 tile on the AVX-512 path: there
+/* The AMX path: a layer with 8-bit inputs as tile products, u8 x s8 -> int32 (TDPBUSD, exact: no
+   saturation).  The stored input x = q - s is shifted to u = x + uoff = q - qmin, 0..255, its rows
+   written as bytes into `abuf` (Ka bytes each, zeros past Kp); the accumulator constant becomes
+   bias_u = b - uoff sum_k q_w[k, c], so acc is the same integer.  Per block of 16 channels, the
+   rows' tiles (16 rows x 64 inputs) times the block's weight tiles (64 inputs x 16 channels, four
+   consecutive inputs of a channel side by side) sum into one or two 16 x 16 int32 tiles, stored to
+   `cbuf` and requantized as the other paths do.  No products are skipped. */
+#define TARGET_AMX __attribute__((target("avx2,avx512f,avx512bw,avx512vnni,amx-tile,amx-int8")))
+typedef struct {
+    uint8_t palette, start;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tilecfg;
+
+/* tiles 0-4: C0 C1 A0 A1 B, each 16 rows x 64 bytes.  A static table: GCC 12 drops the stores of a
+   configuration built on the stack before ldtilecfg, which it does not see reading them. */
+static const tilecfg AMX_CFG __attribute__((aligned(64))) = {
+    1, 0, {0}, {64, 64, 64, 64, 64}, {16, 16, 16, 16, 16}};
+
+TARGET_AMX static void amx_begin(void) { _tile_loadconfig(&AMX_CFG); }
+
+TARGET_AMX static void amx_end(void) { _tile_release(); }
+
+#define AMX_ROWS(Ka) (((size_t)32 * (Ka) + 63) / 64 * 64) /* abuf's bytes; cbuf (2 KiB) follows */
+
+TARGET_AMX static void layer_amx(const qk_layer *L, const int16_t *x, int16_t *y, int nr, uint8_t *abuf) {
+    const int Ka = L->Ka, kt = Ka / 64, blocks = L->Cp / 16, two = nr > 16;
+    int32_t *cbuf = (int32_t *)(abuf + AMX_ROWS(Ka));
+    const __m512i off = _mm512_set1_epi16((int16_t)L->uoff);
+    for (int r = 0; r < (two ? 32 : 16); r++) {
+        uint8_t *a = abuf + (size_t)r * Ka;
+        int k = r < nr ? L->Kp : 0;
+        if (r < nr)
+            for (int k0 = 0; k0 < L->Kp; k0 += 32) {
+                const __mmask32 m = L->Kp - k0 >= 32 ? 0xFFFFFFFFu : (1u << (L->Kp - k0)) - 1;
+                _mm512_mask_cvtepi16_storeu_epi8(a + k0, m, _mm512_add_epi16(
+                    _mm512_maskz_loadu_epi16(m, x + (size_t)r * L->Kp + k0), off));
+            }
+        memset(a + k, 0, (size_t)(Ka - k));
+    }
+    for (int cb = 0; cb < blocks; cb++) {
+        const int8_t *w = L->w4 + (size_t)cb * kt * 1024;
+        _tile_zero(0);
+        if (two) _tile_zero(1);
+        for (int t = 0; t < kt; t++) {
+            _tile_loadd(2, abuf + t * 64, Ka);
+            _tile_loadd(4, w + (size_t)t * 1024, 64);
+            _tile_dpbusd(0, 2, 4);
+            if (two) {
+                _tile_loadd(3, abuf + (size_t)16 * Ka + t * 64, Ka);
+                _tile_dpbusd(1, 3, 4);
+            }
+        }
+        _tile_stored(0, cbuf, 64);
+        if (two) _tile_stored(1, cbuf + 256, 64);
+        for (int r = 0; r < nr; r++) {
+            const int c = cb * 16;
+            const __m512i acc = _mm512_add_epi32(_mm512_loadu_si512((const void *)(cbuf + r * 16)),
+                                                 _mm512_loadu_si512((const void *)(L->bias_u + c)));
+            __m256i q = _mm256_packs_epi32(requant8(_mm512_castsi512_si256(acc), L, c),
+                                           requant8(_mm512_extracti64x4_epi64(acc, 1), L, c + 8));
+            _mm256_storeu_si256((__m256i *)(y + (size_t)r * L->Cp + c), _mm256_permute4x64_epi64(q, 0xD8));
+        }
+    }
+}
+
+/* On the AMX path, a few rows (a single image, a chunk's tail) keep the vector tiles, which skip zeros
+   and waste no tile rows.  A layer of one block of 16 channels (a small conv) keeps the AVX2 tile on the AVX-512 path: there
    the wide tile does the same instructions' work in fewer, slower ones (measured in
    bench/engine_speed.py: the MNIST CNN ran 8 % slower with it). */
 static void layer(const qk_layer *L, const int16_t *x, int16_t *y, int nr, uint16_t *pairs, int path) {
-    if (path == PATH_AVX512_VNNI && L->Cp >= 32) layer_avx512(L, x, y, nr, pairs);
+    if (path == PATH_AMX && L->w4 && nr > MR) layer_amx(L, x, y, nr, (uint8_t *)pairs); /* buffers: the lists' room */
+    else if (path >= PATH_AVX512_VNNI && L->Cp >= 32) layer_avx512(L, x, y, nr, pairs);
     else layer_avx2(L, x, y, nr, pairs);
 }
 
@@ -432,6 +517,7 @@ static void run_chunks(job_t *J, char *mem) {
     int16_t *patch = (int16_t *)(mem + 2 * J->buf_bytes);
     uint16_t *pairs = (uint16_t *)(mem + 2 * J->buf_bytes + J->patch_bytes);
     const int64_t chunks = (J->n + J->ch - 1) / J->ch;
+    if (J->path == PATH_AMX) amx_begin(); /* the tile configuration is per thread */
     for (int64_t ch; (ch = __atomic_fetch_add(&J->next_chunk, 1, __ATOMIC_RELAXED)) < chunks;) {
         const int64_t r0 = ch * J->ch;
         const int nr = (int)(J->n - r0 < J->ch ? J->n - r0 : J->ch);
@@ -448,6 +534,7 @@ static void run_chunks(job_t *J, char *mem) {
         }
         store_rows(J, r0, nr, x);
     }
+    if (J->path == PATH_AMX) amx_end();
 }
 
 /* A started thread's memory lives for the call; the caller's is kept per thread for the next call,
@@ -498,7 +585,9 @@ int qk_run(const qk_layer *L, int nl, const void *in, int in_kind, int64_t n, vo
         ch = fit < 1 ? 1 : fit > CH ? CH : (int)fit;
     }
     const size_t buf = ALIGN64((size_t)ch * widest_img * 2), patches = ALIGN64((size_t)CH * patch * 2);
-    const size_t lists = (CH / MR + MR) * (size_t)widest * 2;
+    size_t lists = (CH / MR + MR) * (size_t)widest * 2;
+    for (int i = 0; i < nl; i++) /* the AMX path's row bytes and accumulator tiles use the lists' room */
+        if (path == PATH_AMX && L[i].w4 && AMX_ROWS(L[i].Ka) + 2048 > lists) lists = AMX_ROWS(L[i].Ka) + 2048;
     job_t J = {L, nl, in_kind, out_kind, in, out, n, 0, ch, buf, patches, 2 * buf + patches + ALIGN64(lists), 0,
                path};
     const int64_t chunks = (n + ch - 1) / ch;

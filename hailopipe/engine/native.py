@@ -9,10 +9,10 @@ on first use with the system C compiler (`$CC`, default `cc`) and cached under `
 (default `~/.cache/hailopipe`), keyed by a hash of the source and flags (a new build deletes the
 libraries of earlier versions; a process that has one loaded keeps its mapping); without a compiler
 the engine runs its numpy path.
-It runs only on x86-64 CPUs with AVX2 (`qk_cpu_ok`), and its products also on AVX-512 VNNI where the
-CPU has it (`paths()`, chosen per call: the same bits on either).  `QkLayer` mirrors the C struct `qk_layer` and
-`pack_layer` puts a quantized layer into the layout the C header documents.  `engine.Engine`
-decides when to use it.
+It runs only on x86-64 CPUs with AVX2 (`qk_cpu_ok`), and its products also on AVX-512 VNNI and on
+AMX where the CPU (and, for AMX, the OS) has them (`paths()`, chosen per call: the same bits on
+each).  `QkLayer` mirrors the C struct `qk_layer`; `pack_layer` and `pack_amx` put a quantized layer
+into the layouts the C header documents.  `engine.Engine` decides when to use it.
 """
 
 from __future__ import annotations
@@ -47,12 +47,13 @@ class QkLayer(ctypes.Structure):
                 ("Ci", ctypes.c_int32), ("ldi", ctypes.c_int32), ("OH", ctypes.c_int32), ("OW", ctypes.c_int32),
                 ("kh", ctypes.c_int32), ("kw", ctypes.c_int32), ("sh", ctypes.c_int32), ("sw", ctypes.c_int32),
                 ("dh", ctypes.c_int32), ("dw", ctypes.c_int32), ("pt", ctypes.c_int32), ("pl", ctypes.c_int32),
-                ("pad", ctypes.c_int32)]
+                ("pad", ctypes.c_int32), ("w4", ctypes.c_void_p), ("bias_u", ctypes.c_void_p), ("uoff", ctypes.c_int32),
+                ("Ka", ctypes.c_int32)]
 
 
 DENSE, CONV, MAXPOOL = 0, 1, 2  # qk_layer.kind
 # qk_run's `path`, best first: the instruction sets the kernel's products can run on (same bits on each)
-PATHS = {"avx512_vnni": 1, "avx2": 0}
+PATHS = {"amx": 2, "avx512_vnni": 1, "avx2": 0}
 
 
 _lib_lock = threading.Lock()
@@ -175,3 +176,18 @@ def pack_layer(layer, Kp: int, bias_eff: np.ndarray, kernel: np.ndarray | None =
     m0[:C], shift[:C] = layer.m0, layer.shift
     return {"w": np.ascontiguousarray(w.reshape(Kp // 2, 2, Cp // 16, 16).transpose(2, 0, 3, 1)), "bias": bias,
             "m0": m0[order], "rnd": (np.int64(1) << (shift - 1))[order], "shift": shift[order]}
+
+
+def pack_amx(layer_pack: dict, kernel: np.ndarray, Kp: int, uoff: int) -> dict[str, np.ndarray] | None:
+    """The AMX path's operands of a layer with 8-bit inputs (see _qkernel.c, "AMX"), or None where its
+    accumulators are not provably int32 for u = x + uoff in 0..255: the weights as tiles,
+    w4[cb][t][k4][c][j] = w[64 t + 4 k4 + j][16 cb + c], and bias_u = b - uoff sum_k w[k, c]."""
+    K, C = kernel.shape
+    Cp, Ka = len(layer_pack["bias"]), round_up(Kp, 64)
+    w = np.zeros((Ka, Cp), np.int64)
+    w[:K, :C] = kernel
+    bias_u = layer_pack["bias"].astype(np.int64) - uoff * w.sum(axis=0)
+    if (np.abs(bias_u) + 255 * np.abs(w).sum(axis=0)).max(initial=0) >= 1 << 31:
+        return None
+    w4 = w.astype(np.int8).reshape(Ka // 64, 16, 4, Cp // 16, 16).transpose(3, 0, 1, 4, 2)
+    return {"w4": np.ascontiguousarray(w4), "bias_u": bias_u.astype(np.int32), "Ka": Ka}
