@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from hailopipe import backends
+from hailopipe.engine import native
 from tests.conftest import ROOT
 
 PACKAGES = ("hailopipe", "stages")
@@ -175,8 +176,17 @@ def test_every_data_file_of_the_package_is_declared():
     """A non-Python file in the package is read by some module: DATA_FILES must say which."""
     declared = {f for files in DATA_FILES.values() for f in files}
     data = {p.relative_to(ROOT).as_posix() for p in (ROOT / "hailopipe").rglob("*")
-            if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts}
+            if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts
+            and p != native.installed_library()}  # pip's build of _qkernel.c, which .dvcignore leaves out
     assert data == declared
+
+
+def test_the_kernel_pip_builds_is_outside_every_stage_hash():
+    """The library pip builds from _qkernel.c (setup.py) differs by machine and Python: DVC ignores
+    it, so it never changes a stage's dep hash, and git ignores it."""
+    lib = native.installed_library().relative_to(ROOT).as_posix()
+    for tool in (["dvc", "check-ignore", "-q", lib], ["git", "check-ignore", "-q", lib]):
+        assert subprocess.run(tool, cwd=ROOT).returncode == 0, tool
 
 
 def test_the_check_fails_naming_the_stage_and_module(tmp_path):
