@@ -1,7 +1,7 @@
-/* The integer engine's x86-64 kernel: a chain of quantized layers, bit-exact, on AVX2 or AVX-512 VNNI.
+/* The integer engine's x86-64 kernel: a chain of quantized layers, bit-exact, on AVX2, AVX-512 VNNI or AMX.
  *
- * Built and loaded by hailopipe/engine/native.py (which compiles this file with the system C compiler on
- * first use and caches the shared library); the math is derived in hailopipe/quantization/arithmetic.py.  Per layer,
+ * Built by `pip install` (setup.py) or, failing that, by hailopipe/engine/native.py on first use, and
+ * loaded by native.py; the math is derived in hailopipe/quantization/arithmetic.py.  Per layer,
  * with x[k] = q_x[k] - s the stored input (s = z_x for 8-bit inputs, 0 for 16-bit ones, see below):
  *
  *     acc[c] = b[c] + sum_k x[k] q_w[k, c],   b[c] = q_b[c] - (z_x - s) sum_k q_w[k, c]   (3), in int32
@@ -105,13 +105,9 @@ enum { PATH_AVX2 = 0, PATH_AVX512_VNNI = 1, PATH_AMX = 2 }; /* qk_run's `path` *
 #endif
 const char *qk_source(void) { return QK_SOURCE; }
 
-int qk_cpu_ok(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2");
-}
-
-/* The paths this CPU runs, as bits (1 << PATH_...): AVX2, and AVX-512 VNNI where the CPU has the
-   AVX-512 foundation, byte/word and VNNI extensions (Ice Lake and later Xeons, Zen 4). */
+/* The paths this CPU runs, as bits (1 << PATH_...), 0 without AVX2 (the kernel cannot run): AVX2;
+   AVX-512 VNNI where the CPU has the AVX-512 foundation, byte/word and VNNI extensions (Ice Lake and
+   later Xeons, Zen 4); AMX where it also has AMX-INT8 and the OS grants the tiles (Sapphire Rapids on). */
 int qk_paths(void) {
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx2")) return 0;
@@ -367,7 +363,7 @@ typedef struct {
     int ch;                                   /* images per chunk (<= CH) */
     size_t buf_bytes, patch_bytes, mem_bytes; /* one activation buffer, the patch rows, a thread's memory */
     int failed;
-    int path;                                 /* PATH_AVX2 or PATH_AVX512_VNNI */
+    int path;                                 /* PATH_AVX2, PATH_AVX512_VNNI or PATH_AMX */
 } job_t;
 
 /* int16 values per image of a layer's input and of its output in the chunk buffers */
@@ -589,8 +585,13 @@ int qk_run(const qk_layer *L, int nl, const void *in, int in_kind, int64_t n, vo
     }
     const size_t buf = ALIGN64((size_t)ch * widest_img * 2), patches = ALIGN64((size_t)CH * patch * 2);
     size_t lists = (CH / MR + MR) * (size_t)widest * 2;
+    int tiles = 0;
     for (int i = 0; i < nl; i++) /* the AMX path's row bytes and accumulator tiles use the lists' room */
-        if (path == PATH_AMX && L[i].w4 && AMX_ROWS(L[i].Ka) + 2048 > lists) lists = AMX_ROWS(L[i].Ka) + 2048;
+        if (path == PATH_AMX && L[i].w4 && n > MR) {
+            tiles = 1;
+            if (AMX_ROWS(L[i].Ka) + 2048 > lists) lists = AMX_ROWS(L[i].Ka) + 2048;
+        }
+    if (path == PATH_AMX && !tiles) path = PATH_AVX512_VNNI; /* no tile products: no tile state to configure */
     job_t J = {L, nl, in_kind, out_kind, in, out, n, 0, ch, buf, patches, 2 * buf + patches + ALIGN64(lists), 0,
                path};
     const int64_t chunks = (n + ch - 1) / ch;

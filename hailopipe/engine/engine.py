@@ -11,14 +11,16 @@
 Per Dense layer (derivation in `arithmetic`):  acc = q_x @ q_w + bias_eff;  q_y = requantize(acc), i.e.
 (3) then the fixed-point (5), exactly.  Two implementations give the same bits:
 
-* `avx2` (default where it can run): `_qkernel.c`, integer SIMD (int8 weights widened to int16,
-  products summed in int32 by vpmaddwd, requantization in 64-bit lanes), the whole network per
+* native (default where it can run): `_qkernel.c`, integer SIMD (int8 weights widened to int16,
+  products summed in int32 by vpmaddwd, or vpdpwssd / AMX tiles on its other paths below,
+  requantization in 64-bit lanes), the whole network per
   chunk of 32 rows so activations stay in cache, chunks shared among the machine's cores (threads
   started per call and joined before it returns).  8-bit inputs are taken relative to their zero
   point, so real zeros (dark pixels, ReLU floors) are integer zeros whose products it skips: exact
   for any input, and on MNIST digits about 1.5x as fast as on dense inputs.  Its header explains
-  the layout.  It is compiled on first use (`native`: where, how, the cache).  It runs a network when the CPU
-  has AVX2 and every layer has 8-bit weights and provably fits int32 accumulators (`avx2_exact`:
+  the layout.  `pip install` builds it, or it is compiled on first use (`native`: where, how, the
+  cache).  It runs a network when the CPU has AVX2 and every layer has 8-bit weights and provably
+  fits int32 accumulators (`avx2_exact`:
   |b[c]| + max|x| sum_k |q_w[k, c]| < 2^31 for every channel c; true for a8_w8 layers of any
   realistic width, and for an 8-bit-weight layer after a 16-bit one while its fan-in is small).
   Convolutional networks too: a conv layer is its patch rows (im2col in the kernel, the pads
@@ -89,7 +91,7 @@ def _abs_colsum(layer) -> np.ndarray:
 
 
 def _offset(layer) -> int:
-    """What the AVX2 kernel subtracts from layer l's input integers before the products: the zero
+    """What the native kernel subtracts from layer l's input integers before the products: the zero
     point for 8-bit inputs (so that a real 0, a dark pixel or a dead ReLU, is an integer 0 whose
     products it skips), 0 for 16-bit ones (q - z_x might not fit int16)."""
     bits = layer.bits if isinstance(layer, QPool) else layer.in_bits
@@ -102,7 +104,7 @@ def _bias(layer) -> np.ndarray:
 
 
 def avx2_exact(layer) -> bool:
-    """Whether the AVX2 kernel computes layer `l` exactly: a Dense or (not depthwise) conv layer with
+    """Whether the native kernel computes layer `l` exactly: a Dense or (not depthwise) conv layer with
     8-bit weights, every partial sum of bias + sum (q_x - offset) q_w below 2^31 in magnitude for
     any input, and m0, e within its 64-bit requantization; or a max pool."""
     if isinstance(layer, QPool):
@@ -142,7 +144,7 @@ class Engine:
                 raise PipelineError(f"engine: the {kernel} kernel cannot run on this CPU, which runs "
                                     f"{', '.join(native.paths())}")
             if fn is not None and not wide:
-                self._prepare_avx2(fn, kernel if kernel in native.PATHS else native.paths()[0])
+                self._prepare_native(fn, kernel if kernel in native.PATHS else native.paths()[0])
                 return
             if kernel in native.PATHS and strict:
                 why = why or (f"layers {', '.join(wide)} are depthwise convs or average pools, have 16-bit weights "
@@ -159,7 +161,7 @@ class Engine:
 
     def _prepare_spatial(self, kernel: str, threads) -> None:
         """A convolutional network: its conv/pool layers prepared once (`conv`), the Dense layers
-        after the flatten run by an Engine of their own (the AVX2 kernel where it can)."""
+        after the flatten run by an Engine of their own (the native kernel where it can)."""
         n = next((i for i, layer in enumerate(self.qnet.layers) if isinstance(layer, QDense)), len(self.qnet.layers))
         if any(not isinstance(layer, QDense) for layer in self.qnet.layers[n:]):
             raise PipelineError(f"{self.qnet.name}: a conv or pool layer after a dense layer is not supported")
@@ -190,7 +192,7 @@ class Engine:
                 h, _out_bits(self.qnet.layers[-1]))
         return out
 
-    def _prepare_avx2(self, fn, path: str) -> None:
+    def _prepare_native(self, fn, path: str) -> None:
         """The layers as `qk_layer` structs (_qkernel.c): Dense, conv and max pool layers, each
         storing its output as q - the offset of the layer after it (q itself for the last); their
         products on `path` (native.PATHS)."""
@@ -319,7 +321,7 @@ class Engine:
 
 
 def _stored_offsets(layers) -> list[int]:
-    """What each layer's output is stored relative to in the AVX2 kernel: the offset of the next
+    """What each layer's output is stored relative to in the native kernel: the offset of the next
     layer with weights (a max pool in between stores as its input is stored), 0 after the last."""
     out, after = [0] * len(layers), 0
     for i in range(len(layers) - 1, -1, -1):

@@ -9,7 +9,7 @@ on first use with the system C compiler (`$CC`, default `cc`) and cached under `
 (default `~/.cache/hailopipe`), keyed by a hash of the source and flags (a new build deletes the
 libraries of earlier versions; a process that has one loaded keeps its mapping); without a compiler
 the engine runs its numpy path.
-It runs only on x86-64 CPUs with AVX2 (`qk_cpu_ok`), and its products also on AVX-512 VNNI and on
+It runs only on x86-64 CPUs with AVX2 (`qk_paths` is 0 without), and its products also on AVX-512 VNNI and on
 AMX where the CPU (and, for AMX, the OS) has them (`paths()`, chosen per call: the same bits on
 each).  `QkLayer` mirrors the C struct `qk_layer`; `pack_layer` and `pack_amx` put a quantized layer
 into the layouts the C header documents.  `engine.Engine` decides when to use it.
@@ -91,7 +91,7 @@ def load_kernel():
         if not _lib:
             _lib.extend(_load())
             if _lib[0] is None:
-                log.info("engine: AVX2 kernel unavailable (%s); using the numpy kernel", _lib[1])
+                log.info("engine: native kernel unavailable (%s); using the numpy kernel", _lib[1])
             else:
                 log.debug("engine: native paths on this CPU: %s", ", ".join(_lib[2]))
         return _lib[0], _lib[1]
@@ -116,7 +116,7 @@ def _installed():
     lib = ctypes.CDLL(str(path))
     lib.qk_source.restype = ctypes.c_char_p
     if lib.qk_source().decode() != hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]:
-        log.info("engine: %s was built from another version of %s; compiling this one", path.name, SOURCE.name)
+        log.debug("engine: %s was built from another version of %s; compiling this one", path.name, SOURCE.name)
         return None
     return lib
 
@@ -139,13 +139,13 @@ def _load(use_installed: bool = True):
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", "") or str(exc)
         return None, f"could not build {SOURCE.name}: {detail.strip().splitlines()[-1] if detail.strip() else exc}", ()
-    if not lib.qk_cpu_ok():
+    bits = lib.qk_paths()
+    if not bits:
         return None, "CPU lacks AVX2", ()
     fn = lib.qk_run
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_void_p,
                    ctypes.c_int, ctypes.c_int, ctypes.c_int]
     fn.restype = ctypes.c_int
-    bits = lib.qk_paths()
     return fn, "", tuple(name for name, code in PATHS.items() if bits >> code & 1)
 
 
