@@ -29,10 +29,9 @@ pause).  Also printed: our peak extra memory for the 10k
 batch (resident memory above what it was before the call) against the input + output arrays it
 must hold, each side's accuracy, how often the two agree, and whether our output equals the
 independent int64 references of tests/test_engine.py and tests/test_engine_cnn.py for the whole run
-(every kernel this CPU runs is checked: the native one's paths, avx512_vnni and avx2, and numpy; the
-`kernel` column is the path the engine chose, and the others' batched speed is shown too).  Our native kernel
-skips the products of
-zero inputs (dark pixels), which TFLite does not, so a second table repeats the batched comparison
+(every kernel this CPU runs is checked: the native one's paths, amx, avx512_vnni and avx2, and numpy;
+the `kernel` column is the path the engine chose, and the others' batched speed is shown too).  Our
+native kernel skips the products of zero inputs (dark pixels), which TFLite does not, so a second table repeats the batched comparison
 on 10k random int8 inputs, where nothing is skipped.  Exits 1 if any output is not exact.
 """
 
