@@ -1,5 +1,5 @@
 """The integer engine against an independent int64 reference, on random networks and inputs, for every
-kernel this CPU runs (the compiled one's paths, AVX-512 VNNI and AVX2, and the numpy/BLAS one), through
+kernel this CPU runs (the compiled one's paths, AMX, AVX-512 VNNI and AVX2, and the numpy/BLAS one), through
 every entry point."""
 
 import dataclasses

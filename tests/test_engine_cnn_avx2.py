@@ -1,4 +1,4 @@
-"""The engine's native kernel (`_qkernel.c`), on each path this CPU runs (AVX2, AVX-512 VNNI), on
+"""The engine's native kernel (`_qkernel.c`), on each path this CPU runs (AVX2, AVX-512 VNNI, AMX), on
 convolutional networks, against the independent int64
 reference of tests/test_engine_cnn.py: every non-depthwise conv case of that file as a network of
 its own, then followed by a max pool (SAME and VALID, 2x2 and 3x3, strides 1-2) and a dense layer
