@@ -263,13 +263,11 @@ def print_table(rows: list[dict], args) -> None:
     for r in rows:
         rr = r["rate_rand"]
         print(f"{r['name']:<17}ours {rr['ours'] / 1e6:.3f}  TFLite {rr['lite'] / 1e6:.3f} Mimg/s  ratio {rr['ours'] / rr['lite']:.2f}")
-    ok_batch = all(r["rate"]["ours"] >= r["rate"]["lite"] for r in rows)
-    ok_single = all(r["lat"]["ours"][0] <= 2 * r["lat"]["lite"][0] for r in rows)
-    print(f"\ntargets: batched ratio >= 1.0: {'met' if ok_batch else 'NOT met'};  "
-          f"single-image median <= 2x TFLite's: {'met' if ok_single else 'NOT met'};  "
-          f"bit-exact vs int64 reference: {'yes' if all(r['exact'] for r in rows) else 'NO'}")
     worst_batch = min(r["rate"]["ours"] / r["rate"]["lite"] for r in rows)
     worst_single = max(r["lat"]["ours"][0] / r["lat"]["lite"][0] for r in rows)
+    print(f"\ntargets: batched ratio >= 1.0: {'met' if worst_batch >= 1.0 else 'NOT met'};  "
+          f"single-image median <= 2x TFLite's: {'met' if worst_single <= 2.0 else 'NOT met'};  "
+          f"bit-exact vs int64 reference: {'yes' if all(r['exact'] for r in rows) else 'NO'}")
     print(f"targets of the engine-speed issue: batched ratio >= 1.5 on every network: "
           f"{'met' if worst_batch >= 1.5 else 'NOT met'} (worst {worst_batch:.2f});  single-image ratio <= 1.0 on "
           f"every network: {'met' if worst_single <= 1.0 else 'NOT met'} (worst {worst_single:.2f})")
